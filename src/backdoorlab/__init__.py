@@ -1,0 +1,1 @@
+"""backdoorlab: build, break, detect and defend backdoored image classifiers."""
