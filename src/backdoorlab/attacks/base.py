@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from backdoorlab.data.tensors import ImageTensors
+from backdoorlab.errors import BackdoorLabError
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,3 +52,37 @@ class Attack(Protocol):
     def victim_mask(self, y: torch.Tensor) -> torch.Tensor:
         """Which test inputs (by true label) count for the attack success rate."""
         ...
+
+
+# -- shared helpers for poisoning attacks -------------------------------------------------------------------
+def check_rate(rate: float | int) -> float | int:
+    """Validate a poisoning rate: a float in (0, 1] is a fraction of the training set, an int ≥ 1 a count."""
+    if isinstance(rate, bool):
+        raise BackdoorLabError(f"rate must be a fraction in (0, 1] or a count ≥ 1, got {rate}")
+    if isinstance(rate, int) and rate >= 1:
+        return int(rate)
+    if isinstance(rate, float) and 0.0 < rate <= 1.0:
+        return float(rate)
+    raise BackdoorLabError(f"rate must be a fraction in (0, 1] or a count ≥ 1, got {rate}")
+
+
+def poison_count(rate: float | int, n_total: int, n_candidates: int, pool: str = "candidate images") -> int:
+    """How many samples ``rate`` asks for: ``round(rate·n_total)`` for a fraction, the count itself otherwise.
+
+    Raises when that is zero or more than the ``n_candidates`` that may be poisoned (``pool`` names them).
+    """
+    rate = check_rate(rate)
+    k = round(rate * n_total) if isinstance(rate, float) else rate
+    if k < 1:
+        raise BackdoorLabError(f"rate {rate} of {n_total} training images poisons no image; raise the rate")
+    if k > n_candidates:
+        raise BackdoorLabError(
+            f"rate {rate} asks for {k} poisoned images but only {n_candidates} {pool} can be poisoned"
+        )
+    return k
+
+
+def choose(candidates: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """``k`` of ``candidates`` (int64 indices) by a seeded permutation, returned sorted."""
+    perm = torch.randperm(len(candidates), generator=gen)[:k]
+    return candidates.cpu()[perm].sort().values

@@ -19,7 +19,7 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator | None = Non
     """Zero-pad by ``padding`` on every side, then crop back to size at a random offset per sample."""
     if padding <= 0:
         return x
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     xp = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     off = torch.randint(0, 2 * padding + 1, (2, n), generator=gen).to(x.device)
     rows = (off[0, :, None] + torch.arange(h, device=x.device))[:, :, None]  # N×H×1
@@ -95,7 +95,10 @@ class Batches:
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
             if order is None:
-                xb, yb = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+                xb, yb = (
+                    self.images[start : start + self.batch_size],
+                    self.labels[start : start + self.batch_size],
+                )
             else:
                 idx = order[start : start + self.batch_size]
                 xb, yb = self.images[idx], self.labels[idx]

@@ -44,7 +44,7 @@ def register_dataset(
 
 def _ensure_loaded() -> None:
     # importing the modules runs their @register_dataset decorators
-    from backdoorlab.data import cifar, folder, mnist, shapes  # noqa: F401
+    from backdoorlab.data import cifar, fashion, folder, mnist, shapes  # noqa: F401
 
 
 def list_datasets() -> list[DatasetInfo]:

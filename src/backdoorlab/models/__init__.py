@@ -1,0 +1,38 @@
+"""Architectures, a name registry and safe (safetensors-only) model files.
+
+Every model takes raw pixels in [0, 1] (``N×C×H×W`` float32) and starts with its own :class:`Normalize`
+layer; ``features(x)`` gives the penultimate features, and the class attributes ``feature_layer``,
+``last_conv_layer`` and ``head_layer`` name modules to hook.
+"""
+
+from backdoorlab.models.io import (
+    ModelCard,
+    load_model,
+    load_state_dict_file,
+    model_hash,
+    save_model,
+)
+from backdoorlab.models.normalize import Normalize
+from backdoorlab.models.registry import (
+    ModelInfo,
+    check_input_shape,
+    create_model,
+    input_shape,
+    list_models,
+    model_from_spec,
+)
+
+__all__ = [
+    "ModelCard",
+    "ModelInfo",
+    "Normalize",
+    "check_input_shape",
+    "create_model",
+    "input_shape",
+    "list_models",
+    "load_model",
+    "load_state_dict_file",
+    "model_from_spec",
+    "model_hash",
+    "save_model",
+]

@@ -1,0 +1,312 @@
+"""The ``backdoorlab`` command line: a thin shell over the library.
+
+Every user error ends as one line on stderr and exit status 2; an unexpected failure as one line and
+status 1 (``--debug`` shows the traceback). Progress bars go to stderr and only on a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from backdoorlab.errors import BackdoorLabError
+
+DEFAULT_HOME = "~/.backdoorlab"
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(os.path.expanduser(args.home or os.environ.get("BACKDOORLAB_HOME") or DEFAULT_HOME))
+
+
+class _Bars:
+    """Renders the runner's ``(stage, done, total)`` progress as one tqdm bar per stage."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            if not self.enabled:
+                print(f"· {stage}", file=sys.stderr, flush=True)
+                return
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=f"{stage:<22}", unit="step", leave=True, dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    import yaml
+
+    if "=" not in text:
+        raise BackdoorLabError(f"--set {text!r}: write it as field.path=value, e.g. train.epochs=5")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def _apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise BackdoorLabError(f"--set {item!r}: {part} is not a group of fields")
+        node[path[-1]] = value
+    return raw
+
+
+def _print_run_summary(result: Any) -> None:
+    m = result.metrics
+    rows = [("poisoned model" if "asr" in m["victim"] else "model", m["victim"])]
+    if "clean" in m:
+        rows.append(("clean reference", m["clean"]))
+    print(f"run {result.record.id}  ({result.record.name})")
+    print(f"  {'model':<17}{'clean acc':>10}{'ASR':>9}")
+    for label, r in rows:
+        asr = f"{r['asr']:.2%}" if "asr" in r else "—"
+        print(f"  {label:<17}{r['clean_acc']:>10.2%}{asr:>9}")
+    if result.trained:
+        print(f"  trained: {', '.join(result.trained)}; {result.record.seconds:.1f} s")
+    else:
+        print(f"  every model came from the cache; {result.record.seconds:.1f} s")
+    if result.record.report:
+        print(f"report: {result.record.report}")
+
+
+# -- commands ------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from backdoorlab.experiments.config import parse_config
+    from backdoorlab.experiments.runner import run_experiment
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise BackdoorLabError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise BackdoorLabError(f"{path}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise BackdoorLabError(f"{path}: the top level must be a mapping of fields")
+    config = parse_config(_apply_overrides(raw, args.set or []))
+    bars = _Bars()
+    try:
+        result = run_experiment(config, _home(args), progress=bars)
+    finally:
+        bars.close()
+    _print_run_summary(result)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from backdoorlab.experiments.reproduce import recipe_path
+
+    args.config = str(recipe_path("badnets", "small"))
+    return cmd_run(args)
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    from backdoorlab.experiments.runner import Workspace
+
+    runs = Workspace(_home(args)).store.list(args.limit)
+    if not runs:
+        print(f"no runs yet in {_home(args)} (try `backdoorlab demo`)")
+        return 0
+    print(f"{'id':<10}{'created':<21}{'name':<28}{'clean acc':>10}{'ASR':>9}")
+    for r in runs:
+        v = r.metrics.get("victim", {})
+        asr = f"{v['asr']:.2%}" if "asr" in v else "—"
+        print(
+            f"{r.id:<10}{r.created_iso:<21}{r.name[:27]:<28}{v.get('clean_acc', float('nan')):>10.2%}{asr:>9}"
+        )
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    from backdoorlab.experiments.runner import Workspace
+
+    r = Workspace(_home(args)).store.get(args.id)
+    if args.json:
+        print(json.dumps(r.__dict__, indent=2, default=str))
+        return 0
+    print(f"run {r.id}: {r.name}  ({r.created_iso}, {r.seconds:.1f} s)")
+    for key in ("victim", "clean"):
+        if key in r.metrics:
+            v = r.metrics[key]
+            asr = f", ASR {v['asr']:.2%}" if "asr" in v else ""
+            print(f"  {key:<7} clean accuracy {v['clean_acc']:.2%}{asr}")
+    print("  config:")
+    import yaml
+
+    print("    " + yaml.safe_dump(r.config, sort_keys=False).replace("\n", "\n    ").rstrip())
+    if r.report:
+        print(f"  report: {r.report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from backdoorlab.experiments.runner import rerender_report
+
+    print(f"report: {rerender_report(_home(args), args.id)}")
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from backdoorlab.data.registry import list_datasets
+
+    for d in list_datasets():
+        c, h, w = d.shape
+        print(f"{d.name:<15}{c}×{h}×{w:<4}{d.num_classes:>3} classes  {d.description}")
+        print(f"{'':<15}source: {d.source}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from backdoorlab.models import list_models
+
+    for m in list_models():
+        print(f"{m.name:<16}{m.description}")
+    return 0
+
+
+def cmd_attacks_list(args: argparse.Namespace) -> int:
+    from backdoorlab.attacks import list_attacks
+    from backdoorlab.triggers import list_triggers
+
+    print("attacks: " + ", ".join(list_attacks()))
+    print("triggers: " + ", ".join(list_triggers()))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from backdoorlab.experiments.reproduce import list_reproductions, reproduce
+
+    if args.name in (None, "list"):
+        for r in list_reproductions():
+            print(f"{r.name:<14}{r.status:<10}{r.description}")
+        return 0
+    bars = _Bars()
+    try:
+        out = reproduce(args.name, args.scale, _home(args), progress=bars)
+    finally:
+        bars.close()
+    print(f"report: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="backdoorlab",
+        description="Build, break, detect and defend backdoored image classifiers.",
+    )
+    p.add_argument("--home", help=f"workspace folder (default: $BACKDOORLAB_HOME or {DEFAULT_HOME})")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    # --home is accepted after the subcommand too
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def add(name: str, fn: Any, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help, description=help, parents=[common])
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("run", cmd_run, "run an experiment described by a YAML config")
+    sp.add_argument("config", help="experiment YAML file")
+    sp.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. train.epochs=3"
+    )
+    sp = add(
+        "demo", cmd_demo, "BadNets on the 5k MNIST digits: poisoned and clean LeNet, metrics, HTML report"
+    )
+    sp.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE", help="override a field of the demo config"
+    )
+
+    runs = add("runs", lambda a: (runs.print_help(), 0)[1], "list and inspect stored runs")
+    rsub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND")
+    sp = add("list", cmd_runs_list, "list runs, newest first", rsub)
+    sp.add_argument("--limit", type=int, default=None)
+    sp = add("show", cmd_runs_show, "show one run's config and metrics", rsub)
+    sp.add_argument("id", help="run id or a unique prefix of it")
+    sp.add_argument("--json", action="store_true", help="print the whole record as JSON")
+
+    sp = add("report", cmd_report, "render the HTML report of a stored run")
+    sp.add_argument("id", help="run id or a unique prefix of it")
+
+    data = add("data", lambda a: (data.print_help(), 0)[1], "datasets")
+    add(
+        "list",
+        cmd_data_list,
+        "list the datasets",
+        data.add_subparsers(dest="data_command", metavar="SUBCOMMAND"),
+    )
+    models = add("models", lambda a: (models.print_help(), 0)[1], "model architectures")
+    add(
+        "list",
+        cmd_models_list,
+        "list the architectures",
+        models.add_subparsers(dest="m_command", metavar="SUBCOMMAND"),
+    )
+    attacks = add("attacks", lambda a: (attacks.print_help(), 0)[1], "attacks and triggers")
+    add(
+        "list",
+        cmd_attacks_list,
+        "list attacks and trigger kinds",
+        attacks.add_subparsers(dest="a_command", metavar="SUBCOMMAND"),
+    )
+
+    sp = add(
+        "reproduce", cmd_reproduce, "reproduce a paper's tables and figures (`reproduce list` lists them)"
+    )
+    sp.add_argument("name", nargs="?", help="reproduction name, or 'list'")
+    sp.add_argument(
+        "--scale", choices=["small", "paper"], default="small", help="small: CPU minutes; paper: GPU"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.fn(args) or 0)
+    except BackdoorLabError as exc:
+        print(f"backdoorlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("backdoorlab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one readable line; the traceback only on request
+        if args.debug:
+            raise
+        print(
+            f"backdoorlab: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

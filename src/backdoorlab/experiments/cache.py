@@ -1,0 +1,59 @@
+"""The artefact cache: each step's output stored under the hash of its inputs.
+
+An artefact is a folder ``<root>/<kind>/<key>/``. It is written into a temporary sibling folder and
+renamed into place only when complete, so a crash never leaves a half-written artefact visible, and a
+second run with the same inputs finds it and skips the work.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ArtifactCache:
+    """Folders keyed by ``(kind, key)``; ``hits``/``misses`` count lookups (used by tests and reports)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def has(self, kind: str, key: str) -> bool:
+        return self.path(kind, key).is_dir()
+
+    def get_or_create(
+        self,
+        kind: str,
+        key: str,
+        write: Callable[[Path], None],
+    ) -> tuple[Path, bool]:
+        """Return ``(folder, hit)``; on a miss ``write(tmp_folder)`` fills a temp folder that is then renamed."""
+        final = self.path(kind, key)
+        if final.is_dir():
+            self.hits += 1
+            return final, True
+        self.misses += 1
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=final.parent))
+        try:
+            write(tmp)
+            try:
+                os.replace(tmp, final)
+            except OSError:  # another writer finished first: keep theirs
+                if not final.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final, False

@@ -1,0 +1,95 @@
+"""``backdoorlab reproduce NAME --scale small|paper``: one command per paper table.
+
+A reproduction is a function ``(scale, workspace, progress) -> report path`` registered under a name.
+Its recipes live in ``backdoorlab/recipes/`` as YAML, one per scale: ``small`` runs on a laptop CPU in
+minutes on offline data; ``paper`` is the paper's own setup, for a GPU and the original data.
+Reproductions of the five papers are added by their issues; until then they answer "not yet".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from backdoorlab.errors import BackdoorLabError, unknown_name
+from backdoorlab.experiments.config import load_config
+from backdoorlab.experiments.runner import StageProgress, Workspace, run_experiment
+
+Reproduction = Callable[[str, Workspace, "StageProgress | None"], Path]
+
+
+@dataclass(frozen=True)
+class ReproductionInfo:
+    name: str
+    description: str
+    fn: Reproduction | None  # None: planned, not built yet
+    planned_in: str = ""
+
+    @property
+    def status(self) -> str:
+        return "ready" if self.fn is not None else "not yet"
+
+
+_REGISTRY: dict[str, ReproductionInfo] = {}
+
+
+def register_reproduction(name: str, description: str) -> Callable[[Reproduction], Reproduction]:
+    def wrap(fn: Reproduction) -> Reproduction:
+        _REGISTRY[name] = ReproductionInfo(name, description, fn)
+        return fn
+
+    return wrap
+
+
+def _plan(name: str, description: str, where: str) -> None:
+    _REGISTRY.setdefault(name, ReproductionInfo(name, description, None, where))
+
+
+def recipe_path(name: str, scale: str | None = None) -> Path:
+    """The packaged recipe ``recipes/<name>.yaml`` or ``recipes/<name>/<scale>.yaml``."""
+    root = Path(str(resources.files("backdoorlab") / "recipes"))
+    path = root / name / f"{scale}.yaml" if scale else root / f"{name}.yaml"
+    if not path.is_file():
+        raise BackdoorLabError(f"no recipe {path.relative_to(root)} in {root}")
+    return path
+
+
+def list_reproductions() -> list[ReproductionInfo]:
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def reproduce(
+    name: str, scale: str, workspace: Workspace | str | Path, progress: StageProgress | None = None
+) -> Path:
+    """Run reproduction ``name`` at ``scale`` and return the path of its HTML report."""
+    if scale not in ("small", "paper"):
+        raise BackdoorLabError(f"scale must be 'small' or 'paper', got {scale!r}")
+    if name not in _REGISTRY:
+        raise unknown_name("reproduction", name, _REGISTRY)
+    info = _REGISTRY[name]
+    if info.fn is None:
+        raise BackdoorLabError(f"reproduction {name!r} is not built yet: {info.planned_in}")
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
+    return info.fn(scale, ws, progress)
+
+
+@register_reproduction(
+    "badnets", "Gu et al. BadNets on MNIST: poisoned vs clean LeNet (the demo, and its paper scale)"
+)
+def _badnets(scale: str, ws: Workspace, progress: StageProgress | None) -> Path:
+    result = run_experiment(load_config(recipe_path("badnets", scale)), ws, progress=progress)
+    assert result.record.report is not None
+    return Path(result.record.report)
+
+
+_plan(
+    "li2020",
+    "Li et al., Rethinking the Trigger: sensitivity, transformation defences, enhanced attacks",
+    "issue 3",
+)
+_plan("turner2019", "Turner et al., Clean-Label Backdoor Attacks: Figs. 2, 5, 6, 8, 10-12", "issue 4")
+_plan("saha2020", "Saha et al., Hidden Trigger Backdoor Attacks: Tables 1-3, 5, 8", "issue 5")
+_plan("advtrojan", "AdvTrojan: fake robustness, Table 5, Fig. 4, defences", "issue 6")
+_plan("sun2021", "Sun et al., poisoned classifiers are fundamentally broken: audit", "issue 7")

@@ -1,0 +1,74 @@
+"""Evaluation metrics: clean accuracy, attack success rate, per-class accuracy, confusion matrix.
+
+ASR follows Li et al. Eq. 3: the fraction of *triggered* test images classified as the attack's target,
+over the test images whose true label is not the target (an all-to-all or source-specific attack says
+which images count through its ``victim_mask``). Peers differ here (some count target-class images, which
+inflates ASR by about 1/K); reports state the convention.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from backdoorlab.attacks.base import Attack
+from backdoorlab.data.loader import Batches
+from backdoorlab.data.tensors import ImageTensors, make_generator
+from backdoorlab.training import predict_logits
+
+ASR_CONVENTION = (
+    "ASR = share of triggered test images classified as the target, over test images whose true label "
+    "is not the target class (Li et al. Eq. 3); target-class images are excluded."
+)
+
+
+def predictions(model: torch.nn.Module, data: ImageTensors, batch_size: int = 512) -> torch.Tensor:
+    """Predicted labels for every image of ``data`` (CPU int64)."""
+    return predict_logits(model, data, batch_size).argmax(1).cpu()
+
+
+def accuracy(model: torch.nn.Module, data: ImageTensors, batch_size: int = 512) -> float:
+    """Top-1 accuracy on clean ``data``."""
+    if len(data) == 0:
+        return float("nan")
+    return float((predictions(model, data, batch_size) == data.labels.cpu()).float().mean())
+
+
+@torch.no_grad()
+def attack_success_rate(
+    model: torch.nn.Module,
+    data: ImageTensors,
+    attack: Attack,
+    batch_size: int = 512,
+    seed: int | torch.Generator | None = 0,
+) -> float:
+    """ASR of ``attack`` on ``data`` as Li et al. Eq. 3 (target-class images excluded)."""
+    keep = attack.victim_mask(data.labels.cpu())
+    victims = data.subset(keep.nonzero().squeeze(1))
+    if len(victims) == 0:
+        return float("nan")
+    gen = make_generator(seed)
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    hits = 0
+    try:
+        for x, y in Batches(victims, batch_size, device=dev):
+            pred = model(attack.apply_trigger(x, gen)).argmax(1)
+            hits += int((pred == attack.target_labels(y)).sum())
+    finally:
+        model.train(was_training)
+    return hits / len(victims)
+
+
+def per_class_accuracy(model: torch.nn.Module, data: ImageTensors, batch_size: int = 512) -> list[float]:
+    """Accuracy on each class (NaN for a class with no images)."""
+    cm = confusion_matrix(model, data, batch_size)
+    totals = cm.sum(1)
+    return [float(cm[c, c] / totals[c]) if totals[c] else float("nan") for c in range(len(cm))]
+
+
+def confusion_matrix(model: torch.nn.Module, data: ImageTensors, batch_size: int = 512) -> torch.Tensor:
+    """``K×K`` counts: row = true class, column = predicted class."""
+    k = data.num_classes
+    pred = predictions(model, data, batch_size)
+    return torch.bincount(data.labels.cpu() * k + pred, minlength=k * k).reshape(k, k)
