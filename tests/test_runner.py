@@ -1,0 +1,81 @@
+"""End-to-end experiments on tiny subsets: caching, determinism, nothing half-written on bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from backdoorlab.errors import BackdoorLabError
+from backdoorlab.experiments.config import parse_config
+from backdoorlab.experiments.runner import Workspace, rerender_report, run_experiment
+
+TINY = {
+    "name": "tiny",
+    "data": {"name": "mnist5k", "train_per_class": 40, "test_per_class": 15},
+    "attack": {"name": "badnets", "target": 0, "rate": 0.1},
+    "train": {"epochs": 2, "batch_size": 32, "lr": 0.05},
+    "report_samples": 8,
+}
+
+
+def _cfg(**over):
+    raw = {**TINY, **over}
+    return parse_config(raw)
+
+
+def test_end_to_end_cache_and_report(tmp_path):
+    first = run_experiment(_cfg(), tmp_path)
+    m = first.metrics
+    assert first.trained == ["train poisoned model", "train clean model"]
+    assert m["n_train"] == 400 and m["n_test"] == 150 and m["n_poisoned"] == 40
+    for key in ("victim", "clean"):
+        assert 0.0 <= m[key]["clean_acc"] <= 1.0 and 0.0 <= m[key]["asr"] <= 1.0
+    html = (tmp_path / "runs" / first.record.id / "report.html").read_text()
+    for needle in (
+        "Metrics",
+        "Poisoned training samples",
+        "Training curves",
+        "target class",
+        "data:image/png",
+    ):
+        assert needle in html
+    # a second identical run trains nothing and gives the same numbers
+    second = run_experiment(_cfg(name="again"), tmp_path)
+    assert second.trained == [] and second.cache_misses == 0 and second.cache_hits == 3
+    assert second.metrics["victim"] == m["victim"] and second.metrics["clean"] == m["clean"]
+    ws = Workspace(tmp_path)
+    assert {r.id for r in ws.store.list()} == {first.record.id, second.record.id}
+    out = rerender_report(tmp_path, first.record.id[:5])
+    assert out.is_file() and "Metrics" in out.read_text()
+
+
+def test_same_seed_same_metrics_in_fresh_workspaces(tmp_path):
+    a = run_experiment(_cfg(clean_reference=False), tmp_path / "a", report=False)
+    b = run_experiment(_cfg(clean_reference=False), tmp_path / "b", report=False)
+    assert a.metrics["victim"] == b.metrics["victim"]
+    assert a.poisoned.poison_idx.tolist() == b.poisoned.poison_idx.tolist()
+    c = run_experiment(_cfg(clean_reference=False, seed=1), tmp_path / "c", report=False)
+    assert c.poisoned.poison_idx.tolist() != a.poisoned.poison_idx.tolist()
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"attack": {"trigger": {"kind": "square", "params": {"size": 40}}}}, "attack.trigger"),
+        ({"attack": {"target": 12}}, "attack.target"),
+        ({"data": {"name": "imagenet"}}, "unknown dataset"),
+        ({"model": {"name": "resnet1000"}}, "unknown model"),
+        ({"attack": {"name": "badnets", "rate": 4000}}, "attack"),
+    ],
+)
+def test_bad_input_leaves_nothing_behind(tmp_path, over, field):
+    with pytest.raises(BackdoorLabError, match=field):
+        run_experiment(_cfg(**over), tmp_path)
+    assert Workspace(tmp_path).store.list() == []
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not any(p for p in cache.rglob("*") if p.is_file())
+    assert not (tmp_path / "runs").exists()
+
+
+def test_clean_only_experiment(tmp_path):
+    r = run_experiment(_cfg(attack=None), tmp_path, report=True)
+    assert r.poisoned is None and r.clean is None and "asr" not in r.metrics["victim"]
