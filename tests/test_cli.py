@@ -92,3 +92,20 @@ def test_entry_point_help_and_no_traceback(tmp_path):
     proc = subprocess.run([*exe, "--home", str(tmp_path), "run", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_models_inspect_refuses_pickles_and_names_shapes(tmp_path, capsys):
+    import torch
+
+    from backdoorlab.models import create_model, save_model
+
+    model = create_model("lenet", in_channels=1, num_classes=10, input_size=28)
+    path = save_model(model, tmp_path / "m.safetensors", classes=[str(i) for i in range(10)])
+    assert main(["models", "inspect", str(path)]) == 0
+    assert "lenet, input 1×28×28, 10 classes" in capsys.readouterr().out
+    assert main(["models", "inspect", str(path), "--data", "shapes"]) == 2
+    assert "1×28×28" in (err := capsys.readouterr().err) and "3×32×32" in err
+    pickled = tmp_path / "evil.pt"
+    torch.save(model.state_dict(), pickled)
+    assert main(["models", "inspect", str(pickled)]) == 2
+    assert "pickle" in capsys.readouterr().err

@@ -158,6 +158,8 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     import yaml
 
     print("    " + yaml.safe_dump(r.config, sort_keys=False).replace("\n", "\n    ").rstrip())
+    for name, path in r.artifacts.items():
+        print(f"  {name}: {path}")
     if r.report:
         print(f"  report: {r.report}")
     return 0
@@ -185,6 +187,29 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
     for m in list_models():
         print(f"{m.name:<16}{m.description}")
+    return 0
+
+
+def cmd_models_inspect(args: argparse.Namespace) -> int:
+    """Read a model file safely, print its card, and (with --data) check and score it on a dataset."""
+    from backdoorlab.data.registry import load_dataset
+    from backdoorlab.metrics import accuracy
+    from backdoorlab.models import check_input_shape, load_model
+
+    model, card = load_model(args.file)
+    c, h, w = card.input_shape
+    print(f"{args.file}: {card.name}, input {c}×{h}×{w}, {len(card.classes)} classes")
+    print(f"  classes: {', '.join(card.classes)}")
+    print(f"  sha256:  {card.sha256}")
+    print(f"  parameters: {sum(p.numel() for p in model.parameters()):,}")
+    if args.data:
+        _, test = load_dataset(args.data)
+        check_input_shape(model, test.shape)
+        if test.num_classes != len(card.classes):
+            raise BackdoorLabError(
+                f"model has {len(card.classes)} classes, dataset {args.data!r} has {test.num_classes}"
+            )
+        print(f"  clean accuracy on {args.data} test split: {accuracy(model, test):.2%}")
     return 0
 
 
@@ -261,11 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
         data.add_subparsers(dest="data_command", metavar="SUBCOMMAND"),
     )
     models = add("models", lambda a: (models.print_help(), 0)[1], "model architectures")
-    add(
-        "list",
-        cmd_models_list,
-        "list the architectures",
-        models.add_subparsers(dest="m_command", metavar="SUBCOMMAND"),
+    msub = models.add_subparsers(dest="m_command", metavar="SUBCOMMAND")
+    add("list", cmd_models_list, "list the architectures", msub)
+    sp = add(
+        "inspect", cmd_models_inspect, "read a model file safely (safetensors only) and describe it", msub
+    )
+    sp.add_argument("file", help="a .safetensors model file")
+    sp.add_argument(
+        "--data", help="also check its input shape against this dataset and report clean accuracy"
     )
     attacks = add("attacks", lambda a: (attacks.print_help(), 0)[1], "attacks and triggers")
     add(
