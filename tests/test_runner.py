@@ -79,3 +79,29 @@ def test_bad_input_leaves_nothing_behind(tmp_path, over, field):
 def test_clean_only_experiment(tmp_path):
     r = run_experiment(_cfg(attack=None), tmp_path, report=True)
     assert r.poisoned is None and r.clean is None and "asr" not in r.metrics["victim"]
+
+
+def test_interrupted_training_resumes_from_checkpoint(tmp_path, monkeypatch):
+    import backdoorlab.experiments.runner as runner
+    from backdoorlab.training import fit as real_fit
+
+    class Killed(Exception):
+        pass
+
+    def stop_after_first_epoch(epoch, logs, model):
+        if epoch == 1:
+            raise Killed
+
+    cfg = _cfg(clean_reference=False, train={"epochs": 2, "batch_size": 32, "lr": 0.05})
+    with monkeypatch.context() as m:
+        m.setattr(runner, "fit", lambda *a, **k: real_fit(*a, **k, callbacks=[stop_after_first_epoch]))
+        with pytest.raises(Killed):
+            run_experiment(cfg, tmp_path)
+    assert Workspace(tmp_path).store.list() == []
+    assert list((tmp_path / "checkpoints").iterdir())  # epoch 1 was saved
+    resumed = run_experiment(cfg, tmp_path, report=False)
+    fresh = run_experiment(cfg, tmp_path / "fresh", report=False)
+    hist = resumed.metrics["history"]["victim"]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert resumed.metrics["victim"] == fresh.metrics["victim"]
+    assert not any((tmp_path / "checkpoints").iterdir())

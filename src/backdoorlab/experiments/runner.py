@@ -186,9 +186,21 @@ def _train_cached(
     def write(folder: Path) -> None:
         model = build_model(config, data)
         cb = (lambda s, t, _info: progress(label, s, t)) if progress else None
-        history = fit(model, data, config.train, val=val, seed=config.seed, device=config.device, progress=cb)
+        # a killed run resumes training from its last finished epoch
+        checkpoints = cache.root.parent / "checkpoints" / key
+        history = fit(
+            model,
+            data,
+            config.train,
+            val=val,
+            seed=config.seed,
+            device=config.device,
+            progress=cb,
+            checkpoint_dir=checkpoints,
+        )
         save_model(model.cpu(), folder / "model.safetensors", classes=data.classes, extra={"label": label})
         (folder / "history.json").write_text(json.dumps(history))
+        shutil.rmtree(checkpoints, ignore_errors=True)
         trained.append(label)
 
     folder, _hit = cache.get_or_create("model", key, write)
