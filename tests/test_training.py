@@ -4,7 +4,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from backdoorlab.training import TrainRecipe, fit, lr_at, predict_logits, resolve_device
+from backdoorlab.metrics import predict_logits
+from backdoorlab.training import TrainRecipe, fit, lr_at, resolve_device
 from tests.conftest import tiny_net
 
 

@@ -13,9 +13,15 @@ The public API in one place (see README for a ten-line example)::
 from backdoorlab.attacks import Attack, BadNets, Blended, PoisonedSet, list_attacks, make_attack
 from backdoorlab.data import Batches, ImageTensors, list_datasets, load_dataset, make_generator
 from backdoorlab.errors import BackdoorLabError, UnsafeFileError
-from backdoorlab.metrics import accuracy, attack_success_rate, confusion_matrix, per_class_accuracy
+from backdoorlab.metrics import (
+    accuracy,
+    attack_success_rate,
+    confusion_matrix,
+    per_class_accuracy,
+    predict_logits,
+)
 from backdoorlab.models import create_model, list_models, load_model, save_model
-from backdoorlab.training import TrainRecipe, fit, predict_logits
+from backdoorlab.training import TrainRecipe, fit
 from backdoorlab.triggers import Trigger, make_trigger, square, stamp
 
 __version__ = "0.1.0"

@@ -8,17 +8,46 @@ inflates ASR by about 1/K); reports state the convention.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from backdoorlab.attacks.base import Attack
 from backdoorlab.data.loader import Batches
 from backdoorlab.data.tensors import ImageTensors, make_generator
-from backdoorlab.training import predict_logits
+
+if TYPE_CHECKING:  # metrics sit below attacks in the layering; only the protocol's type is needed
+    from backdoorlab.attacks.base import Attack
 
 ASR_CONVENTION = (
     "ASR = share of triggered test images classified as the target, over test images whose true label "
     "is not the target class (Li et al. Eq. 3); target-class images are excluded."
 )
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module,
+    x: torch.Tensor | ImageTensors,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Logits of ``model`` on a [0, 1] batch tensor or on a whole dataset, in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device if device is None else torch.device(device)
+    out = []
+    try:
+        if isinstance(x, ImageTensors):
+            for xb, _ in Batches(x, batch_size, device=dev):
+                out.append(model(xb).float())
+        else:
+            for start in range(0, len(x), batch_size):
+                out.append(model(x[start : start + batch_size].to(dev)).float())
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.empty(0)
+    return torch.cat(out)
 
 
 def predictions(model: torch.nn.Module, data: ImageTensors, batch_size: int = 512) -> torch.Tensor:

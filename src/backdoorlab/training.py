@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from backdoorlab.data.loader import Augment, Batches
 from backdoorlab.data.tensors import ImageTensors, make_generator
 from backdoorlab.errors import BackdoorLabError
+from backdoorlab.metrics import predict_logits
 
 Objective = Callable[
     [torch.nn.Module, torch.Tensor, torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"
@@ -142,32 +143,6 @@ def bf16_supported(device: torch.device) -> bool:
             return False
         return "avx512_bf16" in flags or "amx_bf16" in flags
     return False
-
-
-@torch.no_grad()
-def predict_logits(
-    model: torch.nn.Module,
-    x: torch.Tensor | ImageTensors,
-    batch_size: int = 512,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Logits of ``model`` on a [0, 1] batch tensor or on a whole dataset, in eval mode, batched."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device if device is None else torch.device(device)
-    out = []
-    try:
-        if isinstance(x, ImageTensors):
-            for xb, _ in Batches(x, batch_size, device=dev):
-                out.append(model(xb).float())
-        else:
-            for start in range(0, len(x), batch_size):
-                out.append(model(x[start : start + batch_size].to(dev)).float())
-    finally:
-        model.train(was_training)
-    if not out:
-        return torch.empty(0)
-    return torch.cat(out)
 
 
 def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
