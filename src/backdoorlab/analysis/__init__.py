@@ -1,0 +1,1 @@
+"""Analysis tools: trigger sensitivity, saliency, feature studies."""

@@ -1,0 +1,1 @@
+"""Defences: input transforms, model repair, model detection and data detection (DESIGN.md)."""
