@@ -93,21 +93,10 @@ def _print_run_summary(result: Any) -> None:
 
 # -- commands ------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from backdoorlab.experiments.config import parse_config
+    from backdoorlab.experiments.config import parse_config, read_yaml
     from backdoorlab.experiments.runner import run_experiment
 
-    path = Path(args.config)
-    if not path.is_file():
-        raise BackdoorLabError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise BackdoorLabError(f"{path}: not valid YAML") from None
-    if not isinstance(raw, dict):
-        raise BackdoorLabError(f"{path}: the top level must be a mapping of fields")
-    config = parse_config(_apply_overrides(raw, args.set or []))
+    config = parse_config(_apply_overrides(read_yaml(args.config), args.set or []))
     bars = _Bars()
     try:
         result = run_experiment(config, _home(args), progress=bars)
@@ -231,7 +220,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     bars = _Bars()
     try:
-        out = reproduce(args.name, args.scale, _home(args), progress=bars)
+        out = reproduce(args.name, args.scale, _home(args), progress=bars, recipe=args.recipe)
     finally:
         bars.close()
     print(f"report: {out}")
@@ -310,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--scale", choices=["small", "paper"], default="small", help="small: CPU minutes; paper: GPU"
     )
+    sp.add_argument("--recipe", help="run this recipe file instead of the packaged one for --scale")
     return p
 
 

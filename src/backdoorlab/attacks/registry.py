@@ -10,11 +10,13 @@ from backdoorlab.attacks.blended import Blended
 from backdoorlab.errors import BackdoorLabError, unknown_name
 
 _ATTACKS: dict[str, type] = {"badnets": BadNets, "blended": Blended}
+# Li et al. §4.2 enhanced variants: "<base>+" wraps the base attack in random flip + random ShrinkPad
+_ENHANCED_PARAMS = ("max_shrink", "flip", "transform_benign")
 
 
 def list_attacks() -> list[str]:
-    """The attack names :func:`make_attack` knows."""
-    return sorted(_ATTACKS)
+    """The attack names :func:`make_attack` knows (each base also as an enhanced ``name+``)."""
+    return sorted([*_ATTACKS, *(f"{n}+" for n in _ATTACKS)])
 
 
 def make_attack(name: str, **params: Any) -> Any:
@@ -22,8 +24,13 @@ def make_attack(name: str, **params: Any) -> Any:
 
     ``trigger`` may be a trigger config mapping (see :func:`backdoorlab.triggers.from_config`).
     """
+    if name.endswith("+") and name[:-1] in _ATTACKS:
+        from backdoorlab.attacks.enhanced import Enhanced
+
+        enhance = {k: params.pop(k) for k in _ENHANCED_PARAMS if k in params}
+        return Enhanced(make_attack(name[:-1], **params), **enhance)
     if name not in _ATTACKS:
-        raise unknown_name("attack", name, _ATTACKS)
+        raise unknown_name("attack", name, list_attacks())
     cls = _ATTACKS[name]
     valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     for key in params:

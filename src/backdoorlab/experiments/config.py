@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.training import TrainRecipe
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -107,18 +109,21 @@ def validation_message(err: ValidationError, prefix: str = "") -> str:
 
 def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
     """Validate a plain dict (e.g. parsed YAML) into an :class:`ExperimentConfig`."""
+    return parse_config_model(raw, ExperimentConfig)
+
+
+def parse_config_model(raw: Any, model: type[M]) -> M:
+    """Validate a plain dict into any pydantic config ``model``; errors name the dotted field."""
     if not isinstance(raw, dict):
-        raise BackdoorLabError(
-            "config: the top level must be a mapping of fields (name, data, model, attack, train…)"
-        )
+        raise BackdoorLabError("config: the top level must be a mapping of fields")
     try:
-        return ExperimentConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as err:
         raise BackdoorLabError(validation_message(err)) from None
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate an experiment YAML file."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file as a dict, with one-line errors for a missing file or bad YAML."""
     path = Path(path)
     if not path.is_file():
         raise BackdoorLabError(f"config file not found: {path}")
@@ -128,4 +133,14 @@ def load_config(path: str | Path) -> ExperimentConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise BackdoorLabError(f"{path}: not valid YAML{where}") from None
-    return parse_config(raw or {})
+    return raw if raw is not None else {}
+
+
+def load_config_model(path: str | Path, model: type[M]) -> M:
+    """Read a YAML file and validate it into ``model``."""
+    return parse_config_model(read_yaml(path), model)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment YAML file."""
+    return load_config_model(path, ExperimentConfig)

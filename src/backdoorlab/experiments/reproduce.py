@@ -61,9 +61,13 @@ def list_reproductions() -> list[ReproductionInfo]:
 
 
 def reproduce(
-    name: str, scale: str, workspace: Workspace | str | Path, progress: StageProgress | None = None
+    name: str,
+    scale: str,
+    workspace: Workspace | str | Path,
+    progress: StageProgress | None = None,
+    recipe: str | Path | None = None,
 ) -> Path:
-    """Run reproduction ``name`` at ``scale`` and return the path of its HTML report."""
+    """Run reproduction ``name`` at ``scale`` (or from a ``recipe`` file) and return its report path."""
     if scale not in ("small", "paper"):
         raise BackdoorLabError(f"scale must be 'small' or 'paper', got {scale!r}")
     if name not in _REGISTRY:
@@ -72,14 +76,16 @@ def reproduce(
     if info.fn is None:
         raise BackdoorLabError(f"reproduction {name!r} is not built yet: {info.planned_in}")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
+    if recipe is not None:
+        return info.fn(scale, ws, progress, Path(recipe))
     return info.fn(scale, ws, progress)
 
 
 @register_reproduction(
     "badnets", "Gu et al. BadNets on MNIST: poisoned vs clean LeNet (the demo, and its paper scale)"
 )
-def _badnets(scale: str, ws: Workspace, progress: StageProgress | None) -> Path:
-    result = run_experiment(load_config(recipe_path("badnets", scale)), ws, progress=progress)
+def _badnets(scale: str, ws: Workspace, progress: StageProgress | None, recipe: Path | None = None) -> Path:
+    result = run_experiment(load_config(recipe or recipe_path("badnets", scale)), ws, progress=progress)
     assert result.record.report is not None
     return Path(result.record.report)
 

@@ -1,0 +1,1 @@
+"""Paper reproductions: one module per paper, each a function from a recipe to a report."""
