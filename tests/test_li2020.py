@@ -43,3 +43,15 @@ def test_li2020_tiny_end_to_end(tmp_path):
     report = (tmp_path / "reproductions" / "li2020-tiny" / "report.html").read_text()
     for needle in ("Table 1", "Table 5", "Fig. 4", "Fig. 13", "saliency", "L9"):
         assert needle in report
+
+
+def test_packaged_recipes_validate():
+    from backdoorlab.experiments.config import load_config
+    from backdoorlab.experiments.reproduce import recipe_path
+    from backdoorlab.papers.li2020 import load_li2020_config
+
+    for scale in ("small", "paper"):
+        load_config(recipe_path("badnets", scale))
+        cfg = load_li2020_config(recipe_path("li2020", scale))
+        assert not cfg.augment_poisoned and cfg.train.flip
+    load_li2020_config(recipe_path("li2020", "paper-resnet34"))

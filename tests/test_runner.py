@@ -105,3 +105,12 @@ def test_interrupted_training_resumes_from_checkpoint(tmp_path, monkeypatch):
     assert [h["epoch"] for h in hist] == [1, 2]
     assert resumed.metrics["victim"] == fresh.metrics["victim"]
     assert not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_augment_poisoned_false_is_a_different_cached_model(tmp_path):
+    train = {"epochs": 1, "batch_size": 32, "lr": 0.05, "crop_padding": 2, "flip": True}
+    a = run_experiment(_cfg(clean_reference=False, train=train), tmp_path, report=False)
+    b = run_experiment(
+        _cfg(clean_reference=False, train=train, augment_poisoned=False), tmp_path, report=False
+    )
+    assert a.trained and b.trained and a.record.artifacts["victim"] != b.record.artifacts["victim"]

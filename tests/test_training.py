@@ -94,3 +94,16 @@ def test_recipe_validation_names_field():
 def test_resolve_device():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
+
+
+def test_augment_mask_keeps_flagged_out_samples_as_stored(toy):
+    from backdoorlab.data.loader import Augment, Batches
+
+    mask = torch.arange(len(toy)) % 2 == 0  # augment even samples only
+    batches = Batches(toy, 64, augment=Augment(crop_padding=2, flip=True), augment_mask=mask, seed=0)
+    x, _ = next(iter(batches))
+    original = toy.float01(slice(0, 64))
+    assert torch.equal(x[1::2], original[1::2])
+    assert not torch.equal(x[0::2], original[0::2])
+    with pytest.raises(Exception, match="one flag per sample"):
+        Batches(toy, 64, augment=Augment(flip=True), augment_mask=mask[:10])

@@ -177,6 +177,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     progress: Progress | None = None,
     checkpoint_dir: str | Path | None = None,
+    augment_mask: torch.Tensor | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``train`` and return the per-epoch history.
 
@@ -184,7 +185,8 @@ def fit(
     ``val_acc`` (when ``val`` is given), ``lr``, ``seconds`` and ``images_per_s``. ``seed`` fixes the
     batch order and augmentation, so the same model init, data and seed give the same weights on CPU.
     With ``checkpoint_dir`` the state is saved after every epoch and a later call resumes from it.
-    ``progress(step, total_steps, info)`` is called after every batch.
+    ``progress(step, total_steps, info)`` is called after every batch. ``augment_mask`` (one bool per
+    training sample) limits the recipe's augmentation to the flagged samples.
     """
     recipe = recipe or TrainRecipe()
     dev = resolve_device(device)
@@ -203,6 +205,7 @@ def fit(
         device=dev,
         seed=gen,
         channels_last=recipe.channels_last,
+        augment_mask=augment_mask,
     )
     history: list[dict] = []
     start_epoch = 0

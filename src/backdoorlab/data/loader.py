@@ -59,6 +59,8 @@ class Batches:
 
     The whole dataset is moved to ``device`` once (uint8 is small), so a batch costs one gather.
     ``shuffle`` draws a fresh permutation from ``gen`` each pass; ``drop_last`` drops a short final batch.
+    ``augment_mask`` (one bool per sample) limits augmentation to the flagged samples, e.g. to keep a
+    trigger where it was stamped while benign images are augmented (Li et al. §4.1).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Batches:
         device: torch.device | str | None = None,
         seed: int | torch.Generator | None = 0,
         channels_last: bool = False,
+        augment_mask: torch.Tensor | None = None,
     ) -> None:
         if batch_size < 1:
             raise BackdoorLabError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -84,6 +87,11 @@ class Batches:
         self.augment = augment if augment is not None and augment.active else None
         self.gen = make_generator(seed)
         self.channels_last = channels_last
+        if augment_mask is not None and len(augment_mask) != len(self.labels):
+            raise BackdoorLabError(
+                f"augment_mask needs one flag per sample: {len(augment_mask)} flags for {len(self.labels)} samples"
+            )
+        self.augment_mask = None if augment_mask is None else augment_mask.to(self.device, torch.bool)
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -104,7 +112,15 @@ class Batches:
                 xb, yb = self.images[idx], self.labels[idx]
             x = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
             if self.augment is not None:
-                x = self.augment(x, self.gen)
+                x_aug = self.augment(x, self.gen)
+                if self.augment_mask is not None:  # samples flagged False keep their pixels as stored
+                    keep = (
+                        self.augment_mask[start : start + self.batch_size]
+                        if order is None
+                        else self.augment_mask[idx]
+                    )
+                    x_aug = torch.where(keep[:, None, None, None], x_aug, x)
+                x = x_aug
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, yb

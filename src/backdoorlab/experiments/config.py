@@ -82,6 +82,12 @@ class ExperimentConfig(_Strict):
     attack: AttackConfig | None = Field(default_factory=AttackConfig)
     train: TrainRecipe = Field(default_factory=TrainRecipe)
     clean_reference: bool = Field(True, description="also train a clean model with the same recipe")
+    augment_poisoned: bool = Field(
+        True,
+        description="apply the recipe's augmentation to poisoned samples too; False keeps each trigger where "
+        "it was stamped while benign images are augmented (Li et al. §4.1: the trigger is added after "
+        "the standard training transformations)",
+    )
     device: str = "auto"
     report_samples: int = Field(16, ge=0, le=256, description="poisoned samples shown in the report")
 

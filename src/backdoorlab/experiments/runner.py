@@ -182,6 +182,7 @@ def _train_cached(
     label: str,
     progress: StageProgress | None,
     trained: list[str],
+    augment_mask: torch.Tensor | None = None,
 ) -> tuple[torch.nn.Module, list[dict]]:
     def write(folder: Path) -> None:
         model = build_model(config, data)
@@ -197,6 +198,7 @@ def _train_cached(
             device=config.device,
             progress=cb,
             checkpoint_dir=checkpoints,
+            augment_mask=augment_mask,
         )
         save_model(model.cpu(), folder / "model.safetensors", classes=data.classes, extra={"label": label})
         (folder / "history.json").write_text(json.dumps(history))
@@ -276,6 +278,7 @@ def run_experiment(
         "seed": config.seed,
     }
     trained: list[str] = []
+    augment_mask: torch.Tensor | None = None
 
     poisoned: PoisonedSet | None = None
     victim_data = train
@@ -294,13 +297,18 @@ def run_experiment(
         poisoned = _load_poison(folder, train)
         victim_data = poisoned.data
         artifacts["poison"] = str(folder)
-        victim_key = stable_hash({"data": poison_key, **model_inputs})
+        victim_inputs: dict[str, Any] = {"data": poison_key, **model_inputs}
+        if not config.augment_poisoned:  # benign images augmented, triggers kept where they were stamped
+            victim_inputs["augment_poisoned"] = False
+            augment_mask = torch.ones(len(victim_data), dtype=torch.bool)
+            augment_mask[poisoned.poison_idx] = False
+        victim_key = stable_hash(victim_inputs)
     else:
         victim_key = stable_hash({"data": data_fp, **model_inputs})
 
     victim_label = "train poisoned model" if attack is not None else "train model"
     victim, victim_hist = _train_cached(
-        cache, victim_key, config, victim_data, test, victim_label, progress, trained
+        cache, victim_key, config, victim_data, test, victim_label, progress, trained, augment_mask
     )
     artifacts["victim"] = str(cache.path("model", victim_key))
     clean = clean_hist = None

@@ -61,6 +61,11 @@ class Li2020Config(BaseModel):
     data: DataConfig = Field(default_factory=lambda: DataConfig(name="fashion-mnist"))
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainRecipe = Field(default_factory=TrainRecipe)
+    augment_poisoned: bool = Field(
+        False,
+        description="Li §4.1 (3): standard training transforms benign images; the trigger is stamped after "
+        "them, so poisoned samples are not augmented (see ExperimentConfig.augment_poisoned)",
+    )
     target: int = Field(4, ge=0, description="the target class (the paper's 'Deer' is CIFAR class 4)")
     badnets_rate: float = Field(0.25, gt=0, le=1, description="Li §3.2: R = 0.25")
     blended_rate: float = Field(0.2, gt=0, le=1, description="Li §5.1: 0.2")
@@ -149,6 +154,7 @@ def _experiment(cfg: Li2020Config, label: str, attack: AttackConfig) -> Experime
         attack=attack,
         train=cfg.train,
         clean_reference=label == "BadNets",
+        augment_poisoned=cfg.augment_poisoned,
     )
 
 
