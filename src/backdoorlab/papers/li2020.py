@@ -191,10 +191,11 @@ def run_li2020(
 ) -> dict[str, Any]:
     """Run every table and figure; returns the results dict (also written as JSON next to the report)."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
-    stage = _Stages(progress, total=12)
+    attacks = attack_configs(cfg)
+    stage = _Stages(progress, total=len(attacks) + 9)
     seed = cfg.seed
     runs: dict[str, RunResult] = {}
-    for label, attack in attack_configs(cfg).items():
+    for label, attack in attacks.items():
         stage(f"train {label}")
         runs[label] = run_experiment(_experiment(cfg, label, attack), ws, progress=None, report=False)
     base = runs["BadNets"]
