@@ -45,7 +45,7 @@ def test_run_list_show_report(tmp_path, cfg, capsys):
     [
         (["run", "missing.yaml"], "config file not found"),
         (["runs", "show", "beef"], "no run with id"),
-        (["reproduce", "li2020"], "not built yet"),
+        (["reproduce", "turner2019"], "not built yet"),
         (["reproduce", "nope"], "unknown reproduction"),
     ],
 )

@@ -90,11 +90,16 @@ def _badnets(scale: str, ws: Workspace, progress: StageProgress | None, recipe: 
     return Path(result.record.report)
 
 
-_plan(
-    "li2020",
-    "Li et al., Rethinking the Trigger: sensitivity, transformation defences, enhanced attacks",
-    "issue 3",
+@register_reproduction(
+    "li2020", "Li et al., Rethinking the Trigger: Tables 1-5, Figs. 4, 5, 10, 13, 14, claims L1-L9"
 )
+def _li2020(scale: str, ws: Workspace, progress: StageProgress | None, recipe: Path | None = None) -> Path:
+    from backdoorlab.papers.li2020 import load_li2020_config, run_li2020
+
+    cfg = load_li2020_config(recipe or recipe_path("li2020", scale))
+    return Path(run_li2020(cfg, ws, progress)["report"])
+
+
 _plan("turner2019", "Turner et al., Clean-Label Backdoor Attacks: Figs. 2, 5, 6, 8, 10-12", "issue 4")
 _plan("saha2020", "Saha et al., Hidden Trigger Backdoor Attacks: Tables 1-3, 5, 8", "issue 5")
 _plan("advtrojan", "AdvTrojan: fake robustness, Table 5, Fig. 4, defences", "issue 6")
