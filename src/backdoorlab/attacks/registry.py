@@ -7,9 +7,10 @@ from typing import Any
 
 from backdoorlab.attacks.badnets import BadNets
 from backdoorlab.attacks.blended import Blended
+from backdoorlab.attacks.clean_label import CleanLabel
 from backdoorlab.errors import BackdoorLabError, unknown_name
 
-_ATTACKS: dict[str, type] = {"badnets": BadNets, "blended": Blended}
+_ATTACKS: dict[str, type] = {"badnets": BadNets, "blended": Blended, "clean-label": CleanLabel}
 # Li et al. §4.2 enhanced variants: "<base>+" wraps the base attack in random flip + random ShrinkPad
 _ENHANCED_PARAMS = ("max_shrink", "flip", "transform_benign")
 
