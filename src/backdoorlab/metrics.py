@@ -91,7 +91,11 @@ def attack_success_rate(
 
 def per_class_accuracy(model: torch.nn.Module, data: ImageTensors, batch_size: int = 512) -> list[float]:
     """Accuracy on each class (NaN for a class with no images)."""
-    cm = confusion_matrix(model, data, batch_size)
+    return per_class_from_confusion(confusion_matrix(model, data, batch_size))
+
+
+def per_class_from_confusion(cm: torch.Tensor) -> list[float]:
+    """Per-class accuracy from a ``K×K`` confusion matrix (NaN for a class with no images)."""
     totals = cm.sum(1)
     return [float(cm[c, c] / totals[c]) if totals[c] else float("nan") for c in range(len(cm))]
 

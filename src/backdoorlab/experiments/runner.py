@@ -35,7 +35,14 @@ from backdoorlab.errors import BackdoorLabError
 from backdoorlab.experiments.cache import ArtifactCache
 from backdoorlab.experiments.config import ExperimentConfig, stable_hash
 from backdoorlab.experiments.store import RunRecord, RunStore
-from backdoorlab.metrics import ASR_CONVENTION, accuracy, attack_success_rate, confusion_matrix, predictions
+from backdoorlab.fileio import write_atomic
+from backdoorlab.metrics import (
+    ASR_CONVENTION,
+    attack_success_rate,
+    confusion_matrix,
+    per_class_from_confusion,
+    predictions,
+)
 from backdoorlab.models import check_input_shape, create_model, load_model, save_model
 from backdoorlab.training import fit, resolve_device
 from backdoorlab.triggers import make_trigger
@@ -211,10 +218,12 @@ def _train_cached(
 
 
 def _evaluate(model: torch.nn.Module, test: ImageTensors, attack: Attack | None, seed: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"clean_acc": accuracy(model, test)}
-    cm = confusion_matrix(model, test)
-    out["per_class_acc"] = [float(cm[c, c] / max(int(cm[c].sum()), 1)) for c in range(len(cm))]
-    out["confusion"] = cm.tolist()
+    cm = confusion_matrix(model, test)  # one pass gives accuracy, per-class accuracy and the matrix
+    out: dict[str, Any] = {
+        "clean_acc": float(cm.diag().sum() / max(int(cm.sum()), 1)),
+        "per_class_acc": per_class_from_confusion(cm),
+        "confusion": cm.tolist(),
+    }
     if attack is not None:
         out["asr"] = attack_success_rate(model, test, attack, seed=seed)
     return out
@@ -392,9 +401,6 @@ def rerender_report(workspace: Workspace | str | Path, run_id: str) -> Path:
     run_dir = ws.run_dir(record.id)
     ex_path = run_dir / "examples.safetensors"
     examples = load_file(str(ex_path)) if ex_path.is_file() else {}
-    out = run_dir / "report.html"
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(render_run_report(record, examples))
-    os.replace(tmp, out)
+    out = write_atomic(run_dir / "report.html", render_run_report(record, examples))
     ws.store.set_report(record.id, str(out))
     return out

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from backdoorlab.errors import BackdoorLabError, UnsafeFileError
+from backdoorlab.fileio import write_atomic
 from backdoorlab.models.registry import input_shape, model_from_spec
 
 HEADER_KEY = "backdoorlab"
@@ -78,21 +78,6 @@ def model_hash(model: nn.Module) -> str:
 
 
 # -- saving ----------------------------------------------------------------------------------------------
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path`` (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(
     model: nn.Module, path: str | os.PathLike, *, classes: Sequence[str], extra: dict | None = None
 ) -> Path:
@@ -129,7 +114,7 @@ def save_model(
         text = json.dumps(header, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise BackdoorLabError(f"extra must be a JSON-able dict (str keys, plain values): {exc}") from exc
-    _write_atomic(path, st_save(state, metadata={HEADER_KEY: text}))
+    write_atomic(path, st_save(state, metadata={HEADER_KEY: text}))
     return path
 
 

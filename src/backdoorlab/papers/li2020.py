@@ -17,9 +17,7 @@ from __future__ import annotations
 import html
 import itertools
 import json
-import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,8 @@ from backdoorlab.experiments.config import (
 )
 from backdoorlab.experiments.report import figure_png, html_page, table
 from backdoorlab.experiments.runner import RunResult, StageProgress, Workspace, run_experiment
-from backdoorlab.metrics import accuracy, attack_success_rate
+from backdoorlab.fileio import write_atomic
+from backdoorlab.metrics import accuracy, attack_success_rate, predict_logits
 from backdoorlab.training import TrainRecipe
 from backdoorlab.transforms import physical
 
@@ -167,12 +166,6 @@ def _defended(model: torch.nn.Module, defense: Any, seed: int) -> torch.nn.Modul
     return DefendedModel(model, defense, seed=seed)
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
 class _Stages:
     """Counts the reproduction's stages for the progress callback."""
 
@@ -211,7 +204,9 @@ def run_li2020(
     # Table 1 + Table 2 (cost) ------------------------------------------------------------------------------
     stage("train auto-encoder")
     ae_data = base.train.subset(torch.arange(min(cfg.ae_images, len(base.train))))
-    ae, ae_seconds = _timed(lambda: AutoEncoderDefense(epochs=cfg.ae_epochs, seed=seed).fit(ae_data))
+    t0 = time.perf_counter()
+    ae = AutoEncoderDefense(epochs=cfg.ae_epochs, seed=seed).fit(ae_data)
+    ae_seconds = time.perf_counter() - t0
     table1: dict[str, dict[str, dict[str, float]]] = {}
     cost: dict[str, list[float]] = {"Fine-Pruning": [], "Neural Cleanse": [], "Auto-Encoder": [ae_seconds]}
     nc_details: dict[str, Any] = {}
@@ -342,7 +337,7 @@ def run_li2020(
         victims = test.subset(run.attack.victim_mask(test.labels).nonzero().squeeze(1))
         x = run.attack.apply_trigger(victims.float01(), gen)
         xp = physical(x, gen)
-        pred = _predict(run.victim, xp)
+        pred = predict_logits(run.victim, xp).argmax(1)
         row = {"physical_asr": float((pred == cfg.target).float().mean())}
         if cfg.out_of_sample:
             row["out_of_sample_asr"] = _out_of_sample_asr(run, cfg, test.shape, gen)
@@ -354,26 +349,11 @@ def run_li2020(
     res["claims"] = evaluate_claims(res, cfg)
     out = ws.root / "reproductions" / cfg.name
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "results.json", json.dumps(res, indent=2, default=float))
-    _atomic_write(out / "report.html", render_li2020_report(res, figures, cfg))
-    _atomic_write(out / "claims.md", claims_markdown(res["claims"], cfg))
+    write_atomic(out / "results.json", json.dumps(res, indent=2, default=float))
+    write_atomic(out / "report.html", render_li2020_report(res, figures, cfg))
+    write_atomic(out / "claims.md", claims_markdown(res["claims"], cfg))
     res["report"] = str(out / "report.html")
     return res
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-@torch.no_grad()
-def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    model.eval()
-    dev = next(model.parameters()).device
-    return torch.cat(
-        [model(x[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    )
 
 
 def _out_of_sample_asr(
@@ -388,7 +368,7 @@ def _out_of_sample_asr(
     if x.shape[-2:] != (h, w):
         x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
     x = run.attack.apply_trigger(x.contiguous(), gen)
-    return float((_predict(run.victim, x) == cfg.target).float().mean())
+    return float((predict_logits(run.victim, x).argmax(1) == cfg.target).float().mean())
 
 
 def _heatmap_summary(heat: Any) -> dict[str, Any]:
