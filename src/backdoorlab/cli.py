@@ -115,10 +115,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from backdoorlab.experiments.runner import Workspace
+    from backdoorlab.experiments.tables import run_rows
 
-    runs = Workspace(_home(args)).store.list(args.limit)
+    store = Workspace(_home(args)).store
+    runs = store.list(args.limit)
+    if args.where:
+        keep = {r["id"] for r in run_rows(store, args.where)}
+        runs = [r for r in runs if r.id in keep]
     if not runs:
-        print(f"no runs yet in {_home(args)} (try `backdoorlab demo`)")
+        print(
+            f"no runs yet in {_home(args)} (try `backdoorlab demo`)" if not args.where else "no run matches"
+        )
         return 0
     print(f"{'id':<10}{'created':<21}{'name':<28}{'clean acc':>10}{'ASR':>9}")
     for r in runs:
@@ -152,6 +159,110 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     if r.report:
         print(f"  report: {r.report}")
     return 0
+
+
+def cmd_runs_export(args: argparse.Namespace) -> int:
+    from backdoorlab.experiments.runner import Workspace
+    from backdoorlab.experiments.tables import export_runs
+
+    out = Path(args.out) if args.out else _home(args) / "runs.parquet"
+    path, n = export_runs(Workspace(_home(args)).store, out, args.where or [])
+    print(f"{n} runs written to {path}")
+    return 0
+
+
+def cmd_runs_compare(args: argparse.Namespace) -> int:
+    from backdoorlab.experiments.runner import Workspace
+    from backdoorlab.experiments.tables import compare
+
+    print(compare(Workspace(_home(args)).store, args.ids))
+    return 0
+
+
+class _SweepView:
+    """The sweep's live progress: a bar on a terminal, a line per finished experiment otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.bar: Any = None
+        self.last: tuple[int, int] | None = None
+
+    def __call__(self, s: Any) -> None:
+        if self.tty:
+            from tqdm.auto import tqdm
+
+            if self.bar is None:
+                self.bar = tqdm(total=s.total, desc="sweep", unit="exp", dynamic_ncols=True)
+            self.bar.n = s.done + s.failed
+            self.bar.set_postfix_str(s.line().split(" · ", 1)[1], refresh=True)
+        elif (s.done, s.failed) != self.last:
+            self.last = (s.done, s.failed)
+            print(f"· {s.line()}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from backdoorlab.experiments.runner import Workspace
+
+    what, rest = args.what[0], args.what[1:]
+    store = Workspace(_home(args)).store
+    if what == "list":
+        sweeps = store.sweeps()
+        if not sweeps:
+            print(f"no sweeps yet in {_home(args)}")
+        for s in sweeps:
+            counts = ", ".join(f"{n} {k}" for k, n in sorted(s.counts.items()))
+            print(f"{s.id:<12}{s.name[:30]:<32}{s.total:>4} experiments  ({counts})")
+        return 0
+    if what in ("report", "status"):
+        if len(rest) != 1:
+            raise BackdoorLabError(f"usage: backdoorlab sweep {what} ID (see `backdoorlab sweep list`)")
+        if what == "status":
+            s = store.get_sweep(rest[0])
+            print(f"sweep {s.id} ({s.name}): " + ", ".join(f"{n} {k}" for k, n in sorted(s.counts.items())))
+            for it in store.sweep_items(s.id):
+                if it.status == "failed":
+                    print(f"  failed #{it.idx} after {it.attempts} attempts: {it.error}")
+            return 0
+        from backdoorlab.experiments.sweep_report import write_sweep_report
+
+        print(f"report: {write_sweep_report(_home(args), rest[0])}")
+        return 0
+    if rest:
+        raise BackdoorLabError(
+            "usage: backdoorlab sweep FILE | sweep list | sweep status ID | sweep report ID"
+        )
+    from backdoorlab.experiments.sweep import describe, load_sweep, run_sweep
+
+    sweep = load_sweep(what)
+    print(describe(sweep))
+    if args.dry_run:
+        for it in sweep.items:
+            print(f"  #{it.idx:<4}{json.dumps(it.overrides)}")
+        print("every config is valid (dry run: nothing was run)")
+        return 0
+    view = _SweepView()
+    try:
+        outcome = run_sweep(
+            sweep,
+            _home(args),
+            backend=args.backend,
+            workers=args.workers,
+            address=args.address,
+            retry_failed=args.retry_failed,
+            progress=view,
+        )
+    finally:
+        view.close()
+    done = sum(it.status == "done" for it in outcome.items)
+    print(f"sweep {sweep.id}: {done}/{len(outcome.items)} done in {outcome.seconds:.1f} s")
+    for it in outcome.failed:
+        print(f"  failed #{it.idx} {json.dumps(it.overrides)} after {it.attempts} attempts: {it.error}")
+    print(f"aggregate with: backdoorlab sweep report {sweep.id}")
+    return 1 if outcome.failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -280,11 +391,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = add("runs", lambda a: (runs.print_help(), 0)[1], "list and inspect stored runs")
     rsub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND")
+    where = {
+        "action": "append",
+        "metavar": "FIELD=VALUE",
+        "help": "keep runs whose config (or metrics.…) field has this value, e.g. attack.name=badnets",
+    }
     sp = add("list", cmd_runs_list, "list runs, newest first", rsub)
     sp.add_argument("--limit", type=int, default=None)
+    sp.add_argument("--where", **where)
+    sp = add("export", cmd_runs_export, "write the runs as a Parquet (or CSV) table for pandas", rsub)
+    sp.add_argument("--out", help="a .parquet or .csv file (default: <home>/runs.parquet)")
+    sp.add_argument("--where", **where)
+    sp = add(
+        "compare", cmd_runs_compare, "the config fields that differ between runs, and their metrics", rsub
+    )
+    sp.add_argument("ids", nargs="+", help="two or more run ids (or unique prefixes)")
     sp = add("show", cmd_runs_show, "show one run's config and metrics", rsub)
     sp.add_argument("id", help="run id or a unique prefix of it")
     sp.add_argument("--json", action="store_true", help="print the whole record as JSON")
+
+    sp = add(
+        "sweep",
+        cmd_sweep,
+        "run a grid of experiments (sweep FILE), or: sweep list | sweep status ID | sweep report ID",
+    )
+    sp.add_argument("what", nargs="+", metavar="FILE | list | status ID | report ID")
+    sp.add_argument("--backend", choices=["local", "ray"], default="local", help="worker pool or Ray")
+    sp.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    sp.add_argument("--workers", type=int, help="parallel experiments (default: the file's, or cores / 2)")
+    sp.add_argument("--retry-failed", action="store_true", help="try experiments recorded as failed again")
+    sp.add_argument("--dry-run", action="store_true", help="expand and validate every config, run nothing")
 
     sp = add("report", cmd_report, "render the HTML report of a stored run")
     sp.add_argument("id", help="run id or a unique prefix of it")
@@ -362,6 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("backdoorlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stderr.close()
+        return 0
     except Exception as exc:  # one readable line; the traceback only on request
         if args.debug:
             raise

@@ -287,8 +287,13 @@ def run_experiment(
     *,
     progress: StageProgress | None = None,
     report: bool = True,
+    store: bool = True,
 ) -> RunResult:
-    """Run ``config`` in ``workspace``: poison, train (cached), evaluate, store and report."""
+    """Run ``config`` in ``workspace``: poison, train (cached), evaluate, store and report.
+
+    ``store=False`` writes the run folder but leaves the store row to the caller (a sweep's driver is the
+    store's one writer: it records the run and the sweep's bookkeeping in one transaction).
+    """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     t0 = time.time()
     stage = (lambda name: progress(name, 0, 1)) if progress else (lambda name: None)
@@ -414,7 +419,8 @@ def run_experiment(
         raise
     if report:
         record = RunRecord(**{**record.__dict__, "report": str(run_dir / "report.html")})
-    ws.store.add(record)
+    if store:
+        ws.store.add(record)
     return RunResult(
         record=record,
         train=train,
