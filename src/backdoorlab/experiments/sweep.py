@@ -75,7 +75,9 @@ class SweepSpec(_Strict):
     )
     grid: GridSpec = Field(default_factory=GridSpec)
     retries: int = Field(1, ge=0, le=20, description="extra attempts of a failed experiment")
-    workers: int | Literal["auto"] = Field("auto", description="parallel experiments; auto: one per 2 cores")
+    workers: int | Literal["auto"] = Field(
+        "auto", description="parallel experiments; auto: cores / threads_per_worker"
+    )
     threads_per_worker: int = Field(1, ge=1, le=256, description="torch threads of each worker")
 
     @field_validator("workers")
@@ -319,7 +321,7 @@ class _RayBackend:
 
     name = "ray"
 
-    def __init__(self, workers: int, address: str | None) -> None:
+    def __init__(self, workers: int, address: str | None, threads: int = 1) -> None:
         try:
             import ray
         except ImportError:
@@ -331,10 +333,11 @@ class _RayBackend:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address is None:
-                kwargs["num_cpus"] = workers
+                kwargs["num_cpus"] = workers * threads
             ray.init(address=address, **kwargs)
             self.started = True
-        self.task = ray.remote(num_cpus=1, max_retries=0)(_call)
+        # a task reserves the CPUs its torch threads use; Ray's own retries are off: the driver retries
+        self.task = ray.remote(num_cpus=threads, max_retries=0)(_call)
 
     def submit(self, runner: str, config: dict[str, Any], root: str, threads: int) -> Any:
         return self.task.remote(runner, config, root, threads)
@@ -354,9 +357,9 @@ class _RayBackend:
             self.ray.shutdown()
 
 
-def default_workers() -> int:
-    """One worker per two cores (each experiment runs torch on ``threads_per_worker`` threads)."""
-    return max(1, (os.cpu_count() or 2) // 2)
+def default_workers(threads_per_worker: int = 1) -> int:
+    """As many workers as the cores hold at ``threads_per_worker`` torch threads each."""
+    return max(1, (os.cpu_count() or 1) // threads_per_worker)
 
 
 # -- the driver ---------------------------------------------------------------------------------------------
@@ -413,7 +416,8 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run (or resume) a sweep in ``workspace``; experiments already done are skipped.
 
-    ``backend`` ``"local"`` (a process pool) or ``"ray"`` (``address`` of a cluster, or a local Ray);
+    ``backend`` ``"local"`` (a process pool) or ``"ray"`` (``address`` of a cluster, or a local Ray; on a
+    cluster every node needs backdoorlab installed and ``workspace`` on a shared file system);
     ``workers`` overrides the spec's count; ``retry_failed`` gives items recorded as failed by an earlier
     invocation a new set of attempts. ``runner`` (``module:function``, called as ``fn(config, root,
     threads) -> {"record": …} | {"error": …}``) is the per-experiment work; tests swap it to inject faults.
@@ -426,7 +430,8 @@ def run_sweep(
         raise BackdoorLabError(f"backend must be 'local' or 'ray', got {backend!r}")
     _resolve(runner)
     spec = sweep.spec
-    n_workers = workers or (default_workers() if spec.workers == "auto" else int(spec.workers))
+    threads = spec.threads_per_worker
+    n_workers = workers or (default_workers(threads) if spec.workers == "auto" else int(spec.workers))
     if n_workers < 1:
         raise BackdoorLabError(f"workers must be ≥ 1, got {n_workers}")
     ws = Workspace(Path(workspace))
@@ -462,7 +467,7 @@ def run_sweep(
         progress(SweepStatus(total, done, len(running), failed, time.perf_counter() - t0, eta))
 
     be: _LocalBackend | _RayBackend = (
-        _LocalBackend(n_workers) if backend == "local" else _RayBackend(n_workers, address)
+        _LocalBackend(n_workers) if backend == "local" else _RayBackend(n_workers, address, threads)
     )
     root = str(ws.root.resolve())
     try:
@@ -471,7 +476,7 @@ def run_sweep(
             while todo and len(running) < n_workers:
                 i = todo.popleft()
                 store.set_item(sweep.id, i, "running")
-                handle = be.submit(runner, state[i].config, root, spec.threads_per_worker)
+                handle = be.submit(runner, state[i].config, root, threads)
                 running[handle] = (i, time.perf_counter())
             for handle, result in be.wait(list(running), timeout=0.5):
                 i, started = running.pop(handle)
