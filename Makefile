@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/backdoorlab demo
 
 test: $(STAMP)
+	sh scripts/install-browser.sh
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 

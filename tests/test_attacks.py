@@ -143,7 +143,17 @@ def test_blended_with_image_and_given_trigger() -> None:
 
 
 def test_registry() -> None:
-    assert list_attacks() == ["badnets", "badnets+", "blended", "blended+", "clean-label", "clean-label+"]
+    assert list_attacks() == [
+        "advtrojan",
+        "badnets",
+        "badnets+",
+        "blended",
+        "blended+",
+        "clean-label",
+        "clean-label+",
+    ]
+    with pytest.raises(BackdoorLabError, match="unknown attack 'advtrojan\\+'"):
+        make_attack("advtrojan+")
     plus = make_attack("badnets+", max_shrink=2, transform_benign=True, target=1, rate=0.1)
     assert plus.name == "badnets+" and plus.max_shrink == 2 and plus.base.target == 1
     a = make_attack("badnets", trigger={"kind": "square", "size": 4}, target=3, rate=0.05)

@@ -152,3 +152,30 @@ def test_bad_robust_model_spec_names_the_field(tmp_path):
     with pytest.raises(BackdoorLabError, match=r"attack\.params\.robust_model\.eps"):
         run_experiment(_cfg(attack=attack, clean_reference=False), tmp_path, report=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_advtrojan_trains_through_its_objective_and_reports_table5_metrics(tmp_path):
+    over = {
+        "data": {"name": "mnist5k", "train_per_class": 10, "test_per_class": 4},
+        "attack": {
+            "name": "advtrojan",
+            "target": None,
+            "trigger": {"kind": "square", "params": {"size": 3, "placement": "bottom-right"}},
+            "params": {"eps": 0.2, "step": 0.1, "steps": 2},
+        },
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.05},
+    }
+    first = run_experiment(_cfg(**over), tmp_path)
+    assert first.trained == ["train infected model (attack objective)", "train clean model"]
+    assert first.poisoned is None and "n_poisoned" not in first.metrics
+    v = first.metrics["victim"]
+    assert "asr" not in v and {"pgd_acc", "trigger_acc", "advtrojan_acc"} <= set(v)
+    assert all(0.0 <= v[k] <= 1.0 for k in ("pgd_acc", "trigger_acc", "advtrojan_acc"))
+    assert "advtrojan_acc" in (tmp_path / "runs" / first.record.id / "report.html").read_text()
+    again = run_experiment(_cfg(**over), tmp_path)
+    assert again.trained == [] and again.metrics["victim"] == v
+    # the objective is part of the victim's cache key: another ε is another model
+    other = {**over, "attack": {**over["attack"], "params": {"eps": 0.1, "step": 0.05, "steps": 2}}}
+    assert run_experiment(_cfg(**other), tmp_path).trained == ["train infected model (attack objective)"]
+    with pytest.raises(BackdoorLabError, match=r"attack\.target: badnets needs a target class"):
+        run_experiment(_cfg(attack={"name": "badnets", "target": None}), tmp_path)

@@ -83,6 +83,9 @@ def _print_run_summary(result: Any) -> None:
     for label, r in rows:
         asr = f"{r['asr']:.2%}" if "asr" in r else "—"
         print(f"  {label:<17}{r['clean_acc']:>10.2%}{asr:>9}")
+    extra = {k: v for k, v in m["victim"].items() if k not in ("clean_acc", "asr") and isinstance(v, float)}
+    if extra:  # an attack's own metrics, e.g. AdvTrojan's accuracy on PGD and AdvTrojan examples
+        print("  " + ", ".join(f"{k} {v:.2%}" for k, v in extra.items()))
     if result.trained:
         print(f"  trained: {', '.join(result.trained)}; {result.record.seconds:.1f} s")
     else:
@@ -265,6 +268,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from backdoorlab.ui import run_ui_cli  # lazy: a missing fastapi becomes a named error
+
+    return run_ui_cli(_home(args), args.host, args.port, args.open, blind=args.blind)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from backdoorlab.experiments.runner import rerender_report
 
@@ -421,6 +430,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, help="parallel experiments (default: the file's, or cores / 2)")
     sp.add_argument("--retry-failed", action="store_true", help="try experiments recorded as failed again")
     sp.add_argument("--dry-run", action="store_true", help="expand and validate every config, run nothing")
+
+    sp = add("ui", cmd_ui, "the interactive audit tool and results browser in a web page (Sun et al. App. D)")
+    sp.add_argument(
+        "--host", default=None, help="address to bind (default 127.0.0.1; any other prints a warning)"
+    )
+    sp.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
+    sp.add_argument("--open", action="store_true", help="open the page in the default browser")
+    sp.add_argument(
+        "--blind", action="store_true", help="hide model names, runs and ground truth (a user study)"
+    )
 
     sp = add("report", cmd_report, "render the HTML report of a stored run")
     sp.add_argument("id", help="run id or a unique prefix of it")

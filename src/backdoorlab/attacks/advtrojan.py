@@ -198,6 +198,7 @@ class AdvTrojan:
     """
 
     name = "advtrojan"
+    controls_training = True  # the experiment runner trains with objective() instead of poisoning data
 
     def __init__(
         self,
@@ -375,6 +376,15 @@ class AdvTrojan:
                 "measure the accuracy on AdvTrojan examples with table5_accuracies / advtrojan_accuracy"
             )
         return torch.full_like(y, self.target)
+
+    def evaluate(self, model: torch.nn.Module, test: ImageTensors, seed: int = 0) -> dict[str, float]:
+        """The experiment runner's metrics for this attack: Table 5's accuracies on PGD, trigger-only and
+        AdvTrojan examples (:func:`table5_accuracies`), and for the targeted variant the AdvTrojan ASR."""
+        acc = table5_accuracies(model, test, self, seed=seed)
+        out = {"pgd_acc": acc["pgd"], "trigger_acc": acc["trigger"], "advtrojan_acc": acc["advtrojan"]}
+        if "advtrojan_asr" in acc:
+            out["asr"] = acc["advtrojan_asr"]
+        return out
 
     def victim_mask(self, y: torch.Tensor) -> torch.Tensor:
         """Every input counts (untargeted); the targeted variant excludes the target class."""

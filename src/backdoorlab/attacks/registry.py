@@ -5,19 +5,35 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from backdoorlab.attacks.advtrojan import AdvTrojan
 from backdoorlab.attacks.badnets import BadNets
 from backdoorlab.attacks.blended import Blended
 from backdoorlab.attacks.clean_label import CleanLabel
 from backdoorlab.errors import BackdoorLabError, unknown_name
 
 _ATTACKS: dict[str, type] = {"badnets": BadNets, "blended": Blended, "clean-label": CleanLabel}
+# attacks that change how the victim is trained (an ``objective``) instead of poisoning its data
+_TRAINING_ATTACKS: dict[str, type] = {"advtrojan": AdvTrojan}
 # Li et al. §4.2 enhanced variants: "<base>+" wraps the base attack in random flip + random ShrinkPad
 _ENHANCED_PARAMS = ("max_shrink", "flip", "transform_benign")
 
 
 def list_attacks() -> list[str]:
-    """The attack names :func:`make_attack` knows (each base also as an enhanced ``name+``)."""
-    return sorted([*_ATTACKS, *(f"{n}+" for n in _ATTACKS)])
+    """The attack names :func:`make_attack` knows (each data-poisoning base also as an enhanced ``name+``)."""
+    return sorted([*_ATTACKS, *(f"{n}+" for n in _ATTACKS), *_TRAINING_ATTACKS])
+
+
+def controls_training(name: str) -> bool:
+    """Whether attack ``name`` changes the training objective (AdvTrojan) rather than the data."""
+    return name in _TRAINING_ATTACKS
+
+
+def attack_parameters(name: str) -> list[str]:
+    """The keyword parameters attack ``name`` accepts (the enhanced variants: their base's)."""
+    cls = {**_ATTACKS, **_TRAINING_ATTACKS}.get(name.removesuffix("+"))
+    if cls is None:
+        raise unknown_name("attack", name, list_attacks())
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
 def make_attack(name: str, **params: Any) -> Any:
@@ -30,10 +46,10 @@ def make_attack(name: str, **params: Any) -> Any:
 
         enhance = {k: params.pop(k) for k in _ENHANCED_PARAMS if k in params}
         return Enhanced(make_attack(name[:-1], **params), **enhance)
-    if name not in _ATTACKS:
+    if name not in _ATTACKS and name not in _TRAINING_ATTACKS:
         raise unknown_name("attack", name, list_attacks())
-    cls = _ATTACKS[name]
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    cls = _ATTACKS.get(name) or _TRAINING_ATTACKS[name]
+    valid = attack_parameters(name)
     for key in params:
         if key not in valid:
             raise BackdoorLabError(f"attack {name!r} has no parameter {key!r}; valid: {', '.join(valid)}")

@@ -52,7 +52,9 @@ class TriggerConfig(_Strict):
 
 class AttackConfig(_Strict):
     name: str = "badnets"
-    target: int = Field(0, ge=0)
+    target: int | None = Field(
+        0, ge=0, description="the target class; null only for an untargeted attack (advtrojan, Eq. 9)"
+    )
     rate: float | int = Field(0.1, description="a fraction of the training set in (0, 1], or a count ≥ 1")
     trigger: TriggerConfig | None = Field(default_factory=TriggerConfig)
     params: dict[str, Any] = Field(

@@ -100,6 +100,9 @@ def training_curves(histories: dict[str, list[dict]]) -> plt.Figure:
     return fig
 
 
+_BASIC = ("clean_acc", "asr", "per_class_acc", "confusion")
+
+
 def render_run_report(record: RunRecord, examples: dict[str, torch.Tensor]) -> str:
     """The HTML report of one experiment run."""
     m = record.metrics
@@ -115,10 +118,17 @@ def render_run_report(record: RunRecord, examples: dict[str, torch.Tensor]) -> s
         "<h2>Metrics</h2>",
     ]
     rows = []
+    models = [k for k in ("victim", "clean") if k in m]
+    # an attack's own metrics (e.g. AdvTrojan's accuracy on PGD / AdvTrojan examples) get their own columns
+    extra = (
+        [k for k in m["victim"] if k not in _BASIC and isinstance(m["victim"][k], float)] if models else []
+    )
     for label, key in (("poisoned model" if attack else "model", "victim"), ("clean reference", "clean")):
         if key in m:
-            rows.append([label, m[key]["clean_acc"], m[key].get("asr", "—")])
-    parts.append(table(["model", "clean accuracy", "attack success rate"], rows))
+            rows.append(
+                [label, m[key]["clean_acc"], m[key].get("asr", "—"), *(m[key].get(k, "—") for k in extra)]
+            )
+    parts.append(table(["model", "clean accuracy", "attack success rate", *extra], rows))
     if attack:
         parts.append(f"<p class='note'>{html.escape(m.get('asr_convention', ''))}</p>")
 

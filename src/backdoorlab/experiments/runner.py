@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from backdoorlab.attacks import make_attack
 from backdoorlab.attacks.base import Attack, PoisonedSet
+from backdoorlab.attacks.registry import attack_parameters, controls_training
 from backdoorlab.data.registry import load_dataset
 from backdoorlab.data.tensors import ImageTensors
 from backdoorlab.errors import BackdoorLabError
@@ -119,7 +120,11 @@ def build_attack(
     if config.attack is None:
         return None
     a = config.attack
-    if a.target >= num_classes:
+    if a.target is None and not controls_training(a.name):
+        raise BackdoorLabError(
+            f"attack.target: {a.name} needs a target class (0..{num_classes - 1}); only advtrojan is untargeted"
+        )
+    if a.target is not None and a.target >= num_classes:
         raise BackdoorLabError(
             f"attack.target: {a.target} is not a class of this {num_classes}-class dataset"
         )
@@ -129,6 +134,10 @@ def build_attack(
         else {k: v for k, v in a.params.items() if not (k in AUXILIARY_PARAMS and isinstance(v, dict))}
     )
     params: dict[str, Any] = {"target": a.target, "rate": a.rate, **extra}
+    if controls_training(a.name):  # no data is poisoned: no rate; its PGD starts follow the run's seed
+        params.pop("rate")
+        if "seed" in _field_error("attack", lambda: attack_parameters(a.name)):
+            params.setdefault("seed", config.seed)
     if a.trigger is not None:
         params["trigger"] = _field_error(
             "attack.trigger", lambda: make_trigger(a.trigger.kind, **a.trigger.params)
@@ -207,6 +216,7 @@ def _train_cached(
     progress: StageProgress | None,
     trained: list[str],
     augment_mask: torch.Tensor | None = None,
+    objective: Callable | None = None,
 ) -> tuple[torch.nn.Module, list[dict]]:
     def write(folder: Path) -> None:
         model = build_model(config, data)
@@ -223,6 +233,7 @@ def _train_cached(
             progress=cb,
             checkpoint_dir=checkpoints,
             augment_mask=augment_mask,
+            **({"objective": objective} if objective is not None else {}),
         )
         save_model(model.cpu(), folder / "model.safetensors", classes=data.classes, extra={"label": label})
         (folder / "history.json").write_text(json.dumps(history))
@@ -241,7 +252,9 @@ def _evaluate(model: torch.nn.Module, test: ImageTensors, attack: Attack | None,
         "per_class_acc": per_class_from_confusion(cm),
         "confusion": cm.tolist(),
     }
-    if attack is not None:
+    if attack is not None and callable(getattr(attack, "evaluate", None)):
+        out.update(attack.evaluate(model, test, seed=seed))  # the attack's own metrics (AdvTrojan Table 5)
+    elif attack is not None:
         out["asr"] = attack_success_rate(model, test, attack, seed=seed)
     return out
 
@@ -314,7 +327,14 @@ def run_experiment(
     poisoned: PoisonedSet | None = None
     victim_data = train
     artifacts: dict[str, str] = {}
-    if attack is not None:
+    objective = None
+    if attack is not None and controls_training(config.attack.name):
+        # the attack is in the training objective (AdvTrojan Eq. 9), not in the data
+        objective = attack.objective()
+        victim_key = stable_hash(
+            {"data": data_fp, "attack": config.attack.model_dump(mode="json"), **model_inputs}
+        )
+    elif attack is not None:
         stage("poison training set")
         poison_key = stable_hash(
             {"data": data_fp, "attack": config.attack.model_dump(mode="json"), "seed": config.seed}
@@ -357,9 +377,13 @@ def run_experiment(
     else:
         victim_key = stable_hash({"data": data_fp, **model_inputs})
 
-    victim_label = "train poisoned model" if attack is not None else "train model"
+    victim_label = (
+        "train infected model (attack objective)"
+        if objective is not None
+        else ("train poisoned model" if attack is not None else "train model")
+    )
     victim, victim_hist = _train_cached(
-        cache, victim_key, config, victim_data, test, victim_label, progress, trained, augment_mask
+        cache, victim_key, config, victim_data, test, victim_label, progress, trained, augment_mask, objective
     )
     artifacts["victim"] = str(cache.path("model", victim_key))
     clean = clean_hist = None
