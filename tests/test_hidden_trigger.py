@@ -156,6 +156,24 @@ def test_generation_is_seeded_and_batched():
     assert float((kept.poisons - t[kept.target_idx]).abs().max()) <= EPS + 1e-6
 
 
+def test_cached_source_features_give_the_same_poisons_as_fresh_forwards():
+    net = Net()
+    t, s = _images(8, 1), _images(30, 2)
+    kw = dict(eps=EPS, iterations=6, lr=0.05, batch_size=4, gen=3)
+    corner = square(3, 1.0, placement="bottom-right")
+    fresh = generate_poisons(net, "fc1", t, s, corner, placement=None, cache_sources=False, **kw)
+    cached = generate_poisons(net, "fc1", t, s, corner, placement=None, cache_sources=True, **kw)
+    auto = generate_poisons(net, "fc1", t, s, corner, placement=None, **kw)  # 2 × 6 × 4 draws > 30: cached
+    assert torch.allclose(fresh.poisons, cached.poisons, atol=1e-6)
+    assert torch.equal(cached.poisons, auto.poisons)
+    for a, b in zip(fresh.loss_history, cached.loss_history):
+        assert a == pytest.approx(b, rel=1e-5)
+    with pytest.raises(BackdoorLabError, match="cache_sources=True needs a fixed trigger placement"):
+        generate_poisons(net, "fc1", t, s, corner, cache_sources=True, **kw)  # placement "random"
+    bf = generate_poisons(net, "fc1", t, s, corner, placement=None, bf16=True, **kw)
+    assert float((bf.poisons - t).abs().max()) <= EPS + 1e-6 and bf.poisons.dtype == torch.float32
+
+
 def test_stop_loss_stops_a_batch_early():
     net = Net()
     res = generate_poisons(

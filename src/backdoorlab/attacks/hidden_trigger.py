@@ -320,6 +320,8 @@ def generate_poisons(
     keep: int | None = None,
     gen: torch.Generator | int | None = None,
     progress: Progress | None = None,
+    cache_sources: bool | None = None,
+    bf16: bool = False,
 ) -> HiddenTriggerResult:
     """Saha et al.'s Algorithm 1: hidden-trigger poisons from target images (see the module docstring).
 
@@ -333,6 +335,13 @@ def generate_poisons(
     ``gen`` (a generator or a seed) drives the source draws and trigger locations: the same seed gives the
     same poisons on CPU. ``progress(step, total, info)`` is called after every iteration.
     The model runs on its own device, in eval mode; only the poisons receive gradients.
+
+    Speed (same algorithm): with a fixed trigger placement (a corner, §4.4) a patched source's features never
+    change, so ``cache_sources`` (``None``: automatically, when the loop would make more source forwards than
+    there are source images) computes them once for the whole source pool and each iteration only indexes
+    its K draws — the draws, and so the poisons, are the same as without the cache. ``bf16`` runs the feature
+    extractor under bfloat16 autocast (fast on CPUs with AVX512-BF16/AMX and on GPUs); the poisons and their
+    update stay float32.
     """
     t0 = time.perf_counter()
     name, _ = resolve_feature_layer(model, layer)
@@ -375,6 +384,18 @@ def generate_poisons(
         raise BackdoorLabError("progress must be a callable progress(step, total, info) or None")
     g = make_generator(gen)
     f = feature_extractor(model, name)
+    if bf16:
+        f = _autocast(f, _device(model, targets.device))
+    if cache_sources not in (None, True, False):
+        raise BackdoorLabError(f"cache_sources must be True, False or None (auto), got {cache_sources!r}")
+    fixed = _fixed_placement(trig)
+    if cache_sources and not fixed:
+        raise BackdoorLabError(
+            "cache_sources=True needs a fixed trigger placement (a corner or (row, col)): with random "
+            "locations every draw is a new patched image; use None or False"
+        )
+    if cache_sources is None:
+        cache_sources = fixed and resample and -(-n // k) * iterations * k > sources.shape[0]
     was_training = model.training
     model.eval()
     try:
@@ -393,6 +414,7 @@ def generate_poisons(
             stop_loss=stop_loss,
             k=k,
             resample=resample,
+            cache_sources=bool(cache_sources),
             keep=keep,
             g=g,
             progress=progress,
@@ -401,6 +423,19 @@ def generate_poisons(
         )
     finally:
         model.train(was_training)
+
+
+def _fixed_placement(trig: AnyTrigger) -> bool:
+    parts = trig.triggers if isinstance(trig, TriggerSet) else (trig,)
+    return all(t.placement.is_fixed for t in parts)
+
+
+def _autocast(f: Callable[[torch.Tensor], torch.Tensor], dev: torch.device) -> Callable:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            return f(x).float()
+
+    return run
 
 
 def _device(model: nn.Module, default: torch.device) -> torch.device:
@@ -426,6 +461,7 @@ def _generate(
     stop_loss: float | None,
     k: int,
     resample: bool,
+    cache_sources: bool,
     keep: int | None,
     g: torch.Generator,
     progress: Progress | None,
@@ -438,11 +474,18 @@ def _generate(
     src_all = sources.to(dev)
     n_src = src_all.shape[0]
 
+    pool = None
+    if cache_sources:  # fixed placement: every patched source's features once, in chunks
+        with torch.no_grad():
+            pool = torch.cat([f(stamp(src_all[i : i + 512], trig)) for i in range(0, n_src, 512)])
+
     def draw(m: int) -> torch.Tensor:
         """Features of ``m`` source images patched at the trigger's placement (random by default)."""
         idx = (
             torch.randperm(n_src, generator=g)[:m] if n_src >= m else torch.randint(n_src, (m,), generator=g)
         )
+        if pool is not None:
+            return pool[idx.to(dev)]
         with torch.no_grad():
             return f(stamp(src_all[idx.to(dev)], trig, gen=g))
 
