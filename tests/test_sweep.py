@@ -330,3 +330,31 @@ def test_recipe_base_and_aggregation_over_seeds_with_rate_plots_and_matrices():
         "± 14.14%",
     ):
         assert needle in html
+
+
+def test_ctrl_c_stops_the_sweep_promptly_and_it_resumes(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(_spec(grid={"product": {"seed": [0, 1, 2, 3]}}, workers=1)))
+    home = tmp_path / "home"
+    cmd = [sys.executable, "-m", "backdoorlab.cli", "--home", str(home), "sweep", str(grid)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (home / "store.sqlite").exists() and Workspace(home).store.count() >= 1:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    t0 = time.time()
+    rc = proc.wait(timeout=60)
+    err = proc.stderr.read().decode()
+    assert rc == 130 and "interrupted" in err and "Traceback" not in err
+    assert time.time() - t0 < 30
+    store = Workspace(home).store
+    (sweep,) = store.sweeps()
+    n_done = store.count()
+    assert 1 <= n_done < 4 and sum(it.status == "done" for it in store.sweep_items(sweep.id)) == n_done
+    out = run_sweep(grid, home, workers=1)
+    assert [it.status for it in out.items] == ["done"] * 4 and store.count() == 4

@@ -271,6 +271,13 @@ def _call(runner: str, config: dict[str, Any], root: str, threads: int) -> dict[
 
 
 # -- backends ---------------------------------------------------------------------------------------------
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the driver, which stops them (no traceback from every worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _LocalBackend:
     """A process pool (spawned, so each worker starts clean), rebuilt if a worker dies."""
 
@@ -285,7 +292,9 @@ class _LocalBackend:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(
+                self.workers, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint
+            )
         return self.pool
 
     def submit(self, runner: str, config: dict[str, Any], root: str, threads: int) -> Any:
@@ -310,9 +319,13 @@ class _LocalBackend:
             self.pool = None
         return out
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Shut the pool down; ``abort`` (Ctrl-C) also stops the experiments still running."""
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            if abort:
+                for proc in list(getattr(self.pool, "_processes", {}).values()):
+                    proc.terminate()
+            self.pool.shutdown(wait=not abort, cancel_futures=True)
             self.pool = None
 
 
@@ -352,8 +365,8 @@ class _RayBackend:
                 out.append((ref, {"error": f"Ray task failed: {type(exc).__name__}: {exc}"[:2000]}))
         return out
 
-    def close(self) -> None:
-        if self.started:
+    def close(self, abort: bool = False) -> None:
+        if self.started:  # shutting down the local Ray we started stops its tasks too
             self.ray.shutdown()
 
 
@@ -499,8 +512,10 @@ def run_sweep(
                     todo.appendleft(i)
                 running.clear()
             report()
-    finally:
-        be.close()
+    except BaseException:  # Ctrl-C or a driver error: stop the workers; unfinished items resume next time
+        be.close(abort=True)
+        raise
+    be.close()
     return SweepOutcome(sweep, store.sweep_items(sweep.id), time.perf_counter() - t0, trained)
 
 
