@@ -358,3 +358,9 @@ def test_ctrl_c_stops_the_sweep_promptly_and_it_resumes(tmp_path):
     assert 1 <= n_done < 4 and sum(it.status == "done" for it in store.sweep_items(sweep.id)) == n_done
     out = run_sweep(grid, home, workers=1)
     assert [it.status for it in out.items] == ["done"] * 4 and store.count() == 4
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples").glob("sweep_*.yaml")))
+def test_example_sweeps_expand_into_valid_configs(path):
+    sweep = load_sweep(path, check=False)  # names and shapes need the data, which CI may not have
+    assert len(sweep.items) >= 8 and len({it.digest for it in sweep.items}) == len(sweep.items)
