@@ -41,6 +41,7 @@ import torch
 
 from backdoorlab.data.tensors import ImageTensors, make_generator
 from backdoorlab.errors import BackdoorLabError, unknown_name
+from backdoorlab.metrics import auroc, roc_curve  # detection metrics; re-exported for callers of strip
 from backdoorlab.triggers import AnyTrigger, Placement, Trigger, TriggerSet, stamp
 
 Progress = Callable[[int, int, dict], None]
@@ -67,29 +68,6 @@ def normal_threshold(mu: float, sigma: float, frr: float) -> float:
     """``μ + σ·Φ⁻¹(frr)``: the entropy below which a fraction ``frr`` of a normal N(μ, σ²) lies (Gao et al.)."""
     frr = _rate("frr", frr)
     return float(mu + sigma * torch.special.ndtri(torch.tensor(frr, dtype=torch.float64)))
-
-
-def roc_curve(clean_scores: torch.Tensor, trojan_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ROC of a detector whose score is higher for trojaned inputs (positives): ``(fpr, tpr)`` from (0, 0)
-    to (1, 1), one point per distinct score (ties move both rates at once, so the area counts them ½)."""
-    neg = clean_scores.detach().double().flatten().cpu()
-    pos = trojan_scores.detach().double().flatten().cpu()
-    if len(neg) == 0 or len(pos) == 0:
-        raise BackdoorLabError("an ROC curve needs at least one clean and one trojaned score")
-    s = torch.cat([neg, pos])
-    lab = torch.cat([torch.zeros(len(neg)), torch.ones(len(pos))]).double()
-    order = torch.argsort(s, descending=True, stable=True)
-    s, lab = s[order], lab[order]
-    last = torch.cat([(s[1:] != s[:-1]).nonzero().flatten(), torch.tensor([len(s) - 1])])
-    tps = lab.cumsum(0)[last]
-    fps = (last + 1).double() - tps
-    zero = torch.zeros(1, dtype=torch.float64)
-    return torch.cat([zero, fps / len(neg)]), torch.cat([zero, tps / len(pos)])
-
-
-def auroc(fpr: torch.Tensor, tpr: torch.Tensor) -> float:
-    """Area under an ROC curve (trapezoids; equals the Mann–Whitney probability with ties counted ½)."""
-    return float(torch.trapezoid(tpr, fpr))
 
 
 class STRIP:
