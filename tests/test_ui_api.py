@@ -490,6 +490,26 @@ def test_reproduction_reports_and_plots(client):
     )
 
 
+def test_sweeps_are_listed_with_their_report(client, home):
+    from backdoorlab.experiments.runner import Workspace
+    from backdoorlab.experiments.store import SweepItem
+
+    store = Workspace(home).store
+    item = SweepItem(idx=0, digest="d" * 64, overrides={"seed": 0}, config={"seed": 0})
+    store.open_sweep("ab12cd34ef", "grid-a", {"name": "grid-a"}, [item])
+    listed = client.get("/api/sweeps").json()["sweeps"]
+    assert [(w["id"], w["counts"], w["report"]) for w in listed] == [("ab12cd34ef", {"pending": 1}, None)]
+    assert client.get("/sweeps/ab12cd34ef/report").status_code == 404  # not aggregated yet
+    report = home / "sweeps" / "ab12cd34ef" / "report.html"
+    report.parent.mkdir(parents=True)
+    report.write_text("<html><body>Sweep grid-a</body></html>")
+    assert client.get("/api/sweeps").json()["sweeps"][0]["report"] == "/sweeps/ab12cd34ef/report"
+    r = client.get("/sweeps/ab12/report")  # a unique prefix, like the CLI
+    assert r.status_code == 200 and "Sweep grid-a" in r.text
+    assert client.get("/sweeps/..%2F..%2Fetc/report").status_code in (404, 422)
+    assert client.get("/sweeps/ffff/report").status_code == 404
+
+
 # -- decide ----------------------------------------------------------------------------------------------------------
 def test_decisions_are_stored_with_the_model_and_scored_like_table_2(client, model_ids, home):
     post = lambda **b: client.post("/api/decisions", json=b)  # noqa: E731

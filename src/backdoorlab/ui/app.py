@@ -787,6 +787,41 @@ def _browse_routes(app: FastAPI, state: UIState) -> None:
             "models": [{"id": m["id"], "role": m["role"], "name": m["name"]} for m in models],
         }
 
+    @app.get("/api/sweeps")
+    def sweeps() -> dict[str, Any]:
+        """The sweeps of the store with their counts, and their aggregated report when one was written."""
+        blind_guard()
+        out = []
+        for sw in store().sweeps():
+            report = state.home / "sweeps" / sw.id / "report.html"
+            out.append(
+                {
+                    "id": sw.id,
+                    "name": sw.name,
+                    "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(sw.created)),
+                    "counts": sw.counts,
+                    "total": sw.total,
+                    "report": f"/sweeps/{sw.id}/report" if report.is_file() else None,
+                }
+            )
+        return {"sweeps": out}
+
+    @app.get("/sweeps/{sweep_id}/report", include_in_schema=False)
+    def sweep_report(sweep_id: str) -> Response:
+        blind_guard()
+        _check_id(sweep_id, S.RUN_ID, "sweep_id", "pick a sweep from /api/sweeps")
+        try:
+            sw = store().get_sweep(sweep_id)
+        except BackdoorLabError as exc:
+            raise _http_error(404, f"sweep_id: {exc}") from None
+        root = state.home / "sweeps"
+        path = root / sw.id / "report.html"
+        if not path.is_file() or not _inside(path, root):
+            raise _http_error(
+                404, f"sweep_id: sweep {sw.id} has no report yet (`backdoorlab sweep report {sw.id}`)"
+            )
+        return _report_response(path.resolve())
+
     @app.get("/runs/{run_id}/report", include_in_schema=False)
     def run_report(run_id: str) -> Response:
         blind_guard()

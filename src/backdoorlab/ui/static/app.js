@@ -567,7 +567,17 @@ function renderCandidates(res) {
 // -- 3. results -----------------------------------------------------------------------------------------
 async function loadResults() {
   if (state.info && state.info.blind) return;
-  const [{ runs }, { reproductions }] = await Promise.all([api("GET", "/api/runs"), api("GET", "/api/reproductions")]);
+  const [{ runs }, { reproductions }, { sweeps }] = await Promise.all([
+    api("GET", "/api/runs"), api("GET", "/api/reproductions"), api("GET", "/api/sweeps")]);
+  const sweepRows = sweeps.map((w) => el("tr", {},
+    el("td", {}, el("code", { text: w.id })),
+    el("td", { text: w.name }),
+    el("td", { text: w.created }),
+    el("td", { text: `${w.total}: ` + Object.entries(w.counts).map(([k, n]) => `${n} ${k}`).join(", ") }),
+    el("td", {}, w.report ? el("a", { href: w.report, target: "_blank", rel: "noopener", class: "report-link", text: "open report" })
+      : el("span", { class: "muted", text: `backdoorlab sweep report ${w.id}` }))));
+  if (!sweepRows.length) sweepRows.push(el("tr", {}, el("td", { colspan: "5", class: "muted", text: "No sweeps yet (`backdoorlab sweep GRID.yaml`)." })));
+  $("#sweeps-table tbody").replaceChildren(...sweepRows);
   const rows = runs.map((r) => el("tr", { "data-run": r.id },
     el("td", {}, el("code", { text: r.id })),
     el("td", { text: r.name }),
