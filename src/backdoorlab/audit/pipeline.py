@@ -205,7 +205,8 @@ def check_model_for_data(model: nn.Module, clean: ImageTensors) -> int:
     return int(out.shape[1])
 
 
-def _resolve_classes(classes: Sequence[int | str] | None, names: tuple[str, ...]) -> list[int]:
+def resolve_classes(classes: Sequence[int | str] | None, names: tuple[str, ...]) -> list[int]:
+    """Class indices from indices or names (``None``: every class), with a named error for unknown ones."""
     if classes is None:
         return list(range(len(names)))
     if isinstance(classes, (str, int)):
@@ -271,7 +272,7 @@ def select_images(
 
 
 # -- denoiser -------------------------------------------------------------------------------------------------
-def _denoiser_for(
+def denoiser_for(
     denoiser: nn.Module | str | Path | bool | None,
     data: ImageTensors,
     sigma: float,
@@ -426,7 +427,7 @@ def audit(
         raise BackdoorLabError(f"patch_size {size} is larger than the {h}×{w} images")
     if method not in ("smoothadv", "deep-dream"):
         raise unknown_name("visualisation method", str(method), ("deep-dream", "smoothadv"))
-    cls = _resolve_classes(classes, clean.classes)
+    cls = resolve_classes(classes, clean.classes)
     probe_idx, held_idx = select_images(clean, cls, n_images, n_eval, seed)
     dev = _model_device(model)
     x = clean.float01(probe_idx, device=dev)
@@ -440,7 +441,7 @@ def audit(
     try:
         # 1. robustify
         t0 = time.perf_counter()
-        den, den_info = _denoiser_for(
+        den, den_info = denoiser_for(
             denoiser,
             clean if denoiser_data is None else denoiser_data,
             sigma,
@@ -479,7 +480,7 @@ def audit(
             )  # fmt: skip
         with torch.no_grad():
             adv_pred = model(adv).argmax(1).cpu()
-            adv_smooth = _smoothed_labels(
+            adv_smooth = smoothed_labels(
                 model if den is None else denoised(model, den), adv, sigma, 32, seed + 1
             )
         timings[method] = time.perf_counter() - t0
@@ -602,7 +603,7 @@ def audit(
 
 
 @torch.no_grad()
-def _smoothed_labels(net: nn.Module, x: torch.Tensor, sigma: float, n: int, seed: int) -> torch.Tensor:
+def smoothed_labels(net: nn.Module, x: torch.Tensor, sigma: float, n: int, seed: int) -> torch.Tensor:
     """argmax of the mean softmax of ``net`` over ``n`` Gaussian draws (the smoothed soft classifier)."""
     g = make_generator(seed)
     noise = sigma * torch.randn((len(x), n, *x.shape[1:]), generator=g).to(x.device)
@@ -707,6 +708,9 @@ __all__ = [
     "AuditResult",
     "audit",
     "check_model_for_data",
+    "denoiser_for",
+    "resolve_classes",
     "run_audit_cli",
     "select_images",
+    "smoothed_labels",
 ]

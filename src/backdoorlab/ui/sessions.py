@@ -6,7 +6,7 @@ class") by one of
 
 - ``"smoothadv"``: SmoothAdv on Denoised Smoothing (§3.1, Eq. 4) — a DnCNN denoiser for the data set and σ is
   trained once on its train split and cached in the workspace, exactly as the audit does
-  (:func:`backdoorlab.audit.pipeline._denoiser_for`);
+  (:func:`backdoorlab.audit.pipeline.denoiser_for`);
 - ``"smoothing"``: SmoothAdv on the smoothed classifier without a denoiser (the paper's "Smoothing" baseline,
   Fig. 6) — the quick option, no denoiser to train;
 - ``"basic"``: the same L2 attack on the bare model ("Basic Adv", Fig. 6; the control group of Table 2).
@@ -35,11 +35,11 @@ from backdoorlab.audit.alt_triggers import Candidate, default_patch_size, measur
 from backdoorlab.audit.pipeline import (
     DEFAULT_SIGMA,
     PAPER_EPS,
-    _denoiser_for,
-    _resolve_classes,
-    _smoothed_labels,
     check_model_for_data,
+    denoiser_for,
+    resolve_classes,
     select_images,
+    smoothed_labels,
 )
 from backdoorlab.audit.smoothadv import PAPER_PIXELS, basic_adv, scale_eps, smoothadv, smoothing_adv
 from backdoorlab.data.tensors import ImageTensors
@@ -159,7 +159,7 @@ def prepare(
 ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """Check the model against the data and pick probe / held-out indices (named errors, before any job)."""
     check_model_for_data(model, test)
-    cls = _resolve_classes(classes, test.classes)
+    cls = resolve_classes(classes, test.classes)
     probe, held = select_images(test, cls, n_images, n_eval, seed)
     return cls, probe, held
 
@@ -216,7 +216,7 @@ def run_attack(
         settings.update(sigma=sigma, m=m)
         den = None
         if method == "smoothadv":
-            den, info = _denoiser_for(
+            den, info = denoiser_for(
                 None,
                 train,
                 sigma,
@@ -246,7 +246,7 @@ def run_attack(
         from backdoorlab.audit.denoiser import denoised
 
         net = model if den is None else denoised(model, den)
-        smoothed = _smoothed_labels(net, adv, sigma, 32, seed + 1)
+        smoothed = smoothed_labels(net, adv, sigma, 32, seed + 1)
     with torch.no_grad():
         adv_pred = model(adv).argmax(1).cpu()
     return AttackSession(
