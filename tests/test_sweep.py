@@ -34,20 +34,19 @@ def _spec(**over):
 
 
 # -- expansion and validation --------------------------------------------------------------------------------
+GRID = {
+    "product": {"attack.target": [0, 1], "seed": [0, 1, 2]},
+    "zip": [
+        {
+            "attack.trigger.params.size": [2, 4],
+            "attack.trigger.params.placement": ["top-left", "bottom-right"],
+        }
+    ],
+}
+
+
 def test_product_zip_and_nested_fields_expand_in_order():
-    sweep = load_sweep(
-        _spec(
-            grid={
-                "product": {"attack.target": [0, 1], "seed": [0, 1, 2]},
-                "zip": [
-                    {
-                        "attack.trigger.params.size": [2, 4],
-                        "attack.trigger.params.placement": ["top-left", "bottom-right"],
-                    }
-                ],
-            }
-        )
-    )
+    sweep = load_sweep(_spec(grid=GRID))
     assert len(sweep.items) == 2 * 3 * 2
     first, last = sweep.items[0], sweep.items[-1]
     assert first.overrides == {
@@ -68,22 +67,7 @@ def test_product_zip_and_nested_fields_expand_in_order():
         "attack.trigger.params.placement",
     ]
     # the same spec is the same sweep (same id: what makes resuming work); another grid is another sweep
-    assert (
-        load_sweep(
-            _spec(
-                grid={
-                    "product": {"attack.target": [0, 1], "seed": [0, 1, 2]},
-                    "zip": [
-                        {
-                            "attack.trigger.params.size": [2, 4],
-                            "attack.trigger.params.placement": ["top-left", "bottom-right"],
-                        }
-                    ],
-                }
-            )
-        ).id
-        == sweep.id
-    )
+    assert load_sweep(_spec(grid=GRID)).id == sweep.id
     assert load_sweep(_spec(grid={"product": {"seed": [0, 1]}})).id != sweep.id
 
 
