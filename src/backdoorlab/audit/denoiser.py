@@ -261,6 +261,7 @@ class Denoised(nn.Module):
                 raise BackdoorLabError(f"{name} must be a torch nn.Module, got {type(m).__name__}")
         self.model = model
         self.denoiser = denoiser
+        self.training = model.training  # a fresh Module says True; restoring that would put f in train mode
 
     @property
     def spec(self) -> dict | None:

@@ -134,4 +134,12 @@ def _advtrojan(scale: str, ws: Workspace, progress: StageProgress | None, recipe
     return Path(run_advtrojan(cfg, ws, progress)["report"])
 
 
-_plan("sun2021", "Sun et al., poisoned classifiers are fundamentally broken: audit", "issue 7")
+@register_reproduction(
+    "sun2020",
+    "Sun et al., poisoned classifiers are fundamentally broken: Tables 1-2, Figs. 6-9, 18-19, 22, claims S1-S5",
+)
+def _sun2020(scale: str, ws: Workspace, progress: StageProgress | None, recipe: Path | None = None) -> Path:
+    from backdoorlab.papers.sun2020 import load_sun2020_config, run_sun2020
+
+    cfg = load_sun2020_config(recipe or recipe_path("sun2020", scale))
+    return Path(run_sun2020(cfg, ws, progress)["report"])
