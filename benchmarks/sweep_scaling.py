@@ -109,7 +109,7 @@ def main() -> None:
         f"{n} experiments (BadNets, mnist5k {args.per_class}/class, LeNet, {args.epochs} epochs, 4 targets × "
         "4 seeds), fresh workspace each, one torch thread per worker; wall time includes pool start-up "
         f"(for Ray: `ray.init`). Best of {args.repeats} alternating repeats; 1-minute load average at the "
-        f"starts {min(load):.1f}–{max(load):.1f} (other jobs shared the machine when it is above ~0.5).",
+        f"starts {min(load):.1f}–{max(load):.1f} (it counts this benchmark's own workers).",
         "",
         "| backend | workers | wall (s) | experiments/min | speed-up vs 1 local worker |",
         "| --- | ---: | ---: | ---: | ---: |",
