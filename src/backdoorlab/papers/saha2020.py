@@ -87,6 +87,7 @@ from backdoorlab.experiments.config import (
 from backdoorlab.experiments.report import figure_png, html_page, image_grid, table
 from backdoorlab.experiments.runner import StageProgress, Workspace, build_model
 from backdoorlab.fileio import write_atomic
+from backdoorlab.papers.stages import Stages, torch_threads
 from backdoorlab.training import TrainRecipe, fit, resolve_device
 from backdoorlab.transfer import reinit_layers
 from backdoorlab.triggers import CORNERS, Trigger, digest, random_color_patch, stamp
@@ -504,16 +505,6 @@ def trigger_distance(images: torch.Tensor, trigger: Trigger) -> float:
 # ---------------------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------------------
-class _Stages:
-    def __init__(self, progress: StageProgress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
-
-    def __call__(self, name: str) -> None:
-        self.done += 1
-        if self.progress is not None:
-            self.progress(f"saha2020: {name}", min(self.done, self.total), self.total)
-
-
 class _Context:
     """Everything shared by the pairs: data, splits, the feature extractor, the feature cache."""
 
@@ -826,7 +817,7 @@ def _clean_acc(tail: nn.Module, feats: torch.Tensor, labels: torch.Tensor) -> fl
     return float((victim_logits(tail, feats).argmax(1) == labels).float().mean())
 
 
-def _run_pair(ctx: _Context, i: int, s: int, t: int, stage: _Stages) -> dict[str, Any]:
+def _run_pair(ctx: _Context, i: int, s: int, t: int, stage: Stages) -> dict[str, Any]:
     """Tables 1, 2, 3, 5 and 8 and Fig. 2 for one pair (binary victims: source → 0, target → 1)."""
     cfg = ctx.cfg
     fl = ctx.feature_layer
@@ -963,7 +954,7 @@ def _ablations(
     clean_tail: nn.Module,
     patched: list[dict[str, torch.Tensor]],
     n_abl: int,
-    stage: _Stages,
+    stage: Stages,
 ) -> None:
     """Table 2 (ε, patch size) and Table 5 (conv embedding; last layer vs more layers) for one pair."""
     cfg = ctx.cfg
@@ -1061,7 +1052,7 @@ def _detection(
     return out
 
 
-def _multiclass(ctx: _Context, stage: _Stages) -> dict[str, Any] | None:
+def _multiclass(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
     """§4.7: single-source (each pair's poisons, Table 4's injection sweep) and multi-source (pair 0's target)."""
     cfg = ctx.cfg
     classes = list(cfg.multiclass_classes or sorted({c for p in cfg.pairs for c in p}))
@@ -1157,13 +1148,8 @@ def run_saha2020(
     cfg: Saha2020Config, workspace: Workspace | str | Path, progress: StageProgress | None = None
 ) -> dict[str, Any]:
     """Run every table and figure; returns the results dict (also written as JSON next to the report)."""
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _run(cfg, workspace, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(
@@ -1172,7 +1158,7 @@ def _run(
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     t0 = time.time()
     per_pair = 5 + len(cfg.ablation_eps) + len(cfg.ablation_patch) + (1 if cfg.conv_layer else 0)
-    stage = _Stages(progress, total=2 + per_pair * len(cfg.pairs) + 3)
+    stage = Stages("saha2020", progress, total=2 + per_pair * len(cfg.pairs) + 3)
     stage("data and feature extractor")
     ctx = _Context(cfg, ws, progress)
     res: dict[str, Any] = {

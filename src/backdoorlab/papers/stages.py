@@ -1,8 +1,12 @@
-"""Stage counting for the reproductions' progress callbacks (shared by every paper module)."""
+"""Stage counting for the reproductions' progress callbacks, and their torch thread setting (shared by every
+paper module)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
 
 StageProgress = Callable[[str, int, int], None]
 
@@ -24,3 +28,15 @@ class Stages:
         if progress is None:
             return None
         return lambda s, t, _info: progress(f"{self.prefix}: {name}", s, t)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (``None``: unchanged), then restore the previous count."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -97,7 +97,7 @@ from backdoorlab.experiments.config import (
 from backdoorlab.experiments.report import figure_png, html_page, table
 from backdoorlab.experiments.runner import StageProgress, Workspace, load_data, run_experiment
 from backdoorlab.fileio import write_atomic
-from backdoorlab.papers.stages import Stages
+from backdoorlab.papers.stages import Stages, torch_threads
 from backdoorlab.training import TrainRecipe, resolve_device
 from backdoorlab.triggers import Placement, Trigger, TriggerSet, make_trigger, stamp
 
@@ -917,13 +917,8 @@ def run_sun2020(
 ) -> dict[str, Any]:
     """Train the suite, audit every model, evaluate S1–S5 and write the report; returns the results dict
     (also written as ``results.json``)."""
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _run(cfg, workspace, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(
