@@ -72,6 +72,7 @@ from backdoorlab.experiments.runner import StageProgress, Workspace, build_model
 from backdoorlab.fileio import write_atomic
 from backdoorlab.metrics import attack_success_rate, predict_logits
 from backdoorlab.models import load_model, save_model
+from backdoorlab.papers.claims import claims_table
 from backdoorlab.papers.stages import Stages
 from backdoorlab.training import TrainRecipe, fit, resolve_device
 from backdoorlab.triggers import make_trigger
@@ -830,9 +831,7 @@ def claims_markdown(res: dict[str, Any], cfg: AdvTrojanConfig) -> str:
         lines.append(f"- **{run.label}** (paper column: {PAPER[run.paper]['title']}): {r['data']['summary']}")
         for note in ([run.note] if run.note else []) + r["data"]["notes"]:
             lines.append(f"  - {note}")
-    lines += ["", "| claim | statement | measured | paper | status |", "|---|---|---|---|---|"]
-    for c in res["claims"]:
-        lines.append(f"| {c['id']} | {c['claim']} | {c['measured']} | {c['paper']} | **{c['status']}** |")
+    lines += ["", *claims_table(res["claims"])]
     return "\n".join(lines) + "\n"
 
 

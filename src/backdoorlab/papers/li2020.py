@@ -44,6 +44,7 @@ from backdoorlab.experiments.report import figure_png, html_page, table
 from backdoorlab.experiments.runner import RunResult, StageProgress, Workspace, run_experiment
 from backdoorlab.fileio import write_atomic
 from backdoorlab.metrics import accuracy, attack_success_rate, predict_logits
+from backdoorlab.papers.claims import claims_table
 from backdoorlab.papers.stages import Stages
 from backdoorlab.training import TrainRecipe
 from backdoorlab.transforms import physical
@@ -577,11 +578,8 @@ def claims_markdown(claims: list[dict[str, Any]], cfg: Li2020Config) -> str:
         f"Data `{cfg.data.name}`, model `{cfg.model.name}`, target class {cfg.target}, seed {cfg.seed}; "
         "every row on the held-out half of the test set.",
         "",
-        "| claim | statement | measured | paper | status |",
-        "|---|---|---|---|---|",
     ]
-    for c in claims:
-        lines.append(f"| {c['id']} | {c['claim']} | {c['measured']} | {c['paper']} | **{c['status']}** |")
+    lines += claims_table(claims)
     return "\n".join(lines) + "\n"
 
 

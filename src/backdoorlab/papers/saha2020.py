@@ -87,6 +87,7 @@ from backdoorlab.experiments.config import (
 from backdoorlab.experiments.report import figure_png, html_page, image_grid, table
 from backdoorlab.experiments.runner import StageProgress, Workspace, build_model
 from backdoorlab.fileio import write_atomic
+from backdoorlab.papers.claims import claims_table
 from backdoorlab.papers.stages import Stages, torch_threads
 from backdoorlab.training import TrainRecipe, fit, resolve_device
 from backdoorlab.transfer import reinit_layers
@@ -1413,14 +1414,7 @@ def claims_markdown(
             f"Feature extractor pretrained here on {fe['n']} images of a disjoint split ({fe['epochs']} epochs): "
             f"{100 * fe['val_acc']:.1f} % held-out accuracy on all {fe['classes']} classes.",
         ]
-    lines += [
-        "| claim | statement | measured | paper | status |",
-        "|---|---|---|---|---|",
-    ]
-    for cl in claims:
-        lines.append(
-            f"| {cl['id']} | {cl['claim']} | {cl['measured']} | {cl['paper']} | **{cl['status']}** |"
-        )
+    lines += claims_table(claims)
     return "\n".join(lines) + "\n"
 
 

@@ -97,6 +97,7 @@ from backdoorlab.experiments.config import (
 from backdoorlab.experiments.report import figure_png, html_page, table
 from backdoorlab.experiments.runner import StageProgress, Workspace, load_data, run_experiment
 from backdoorlab.fileio import write_atomic
+from backdoorlab.papers.claims import claims_table
 from backdoorlab.papers.stages import Stages, torch_threads
 from backdoorlab.training import TrainRecipe, resolve_device
 from backdoorlab.triggers import Placement, Trigger, TriggerSet, make_trigger, stamp
@@ -1353,11 +1354,8 @@ def claims_markdown(
         f"images, {cfg.audit.n_eval} held-out images × {cfg.audit.reps} placements, {cfg.audit.n_null} null "
         f"patches, α {cfg.audit.alpha:g}; seed {cfg.seed}.",
         "",
-        "| claim | statement | measured | paper | status |",
-        "|---|---|---|---|---|",
     ]
-    for c in claims:
-        lines.append(f"| {c['id']} | {c['claim']} | {c['measured']} | {c['paper']} | **{c['status']}** |")
+    lines += claims_table(claims)
     return "\n".join(lines) + "\n"
 
 

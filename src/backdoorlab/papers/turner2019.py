@@ -45,6 +45,7 @@ from backdoorlab.experiments.config import (
 from backdoorlab.experiments.report import figure_png, html_page, image_grid, table
 from backdoorlab.experiments.runner import RunResult, StageProgress, Workspace, load_data, run_experiment
 from backdoorlab.fileio import write_atomic
+from backdoorlab.papers.claims import claims_table
 from backdoorlab.papers.stages import Stages
 from backdoorlab.training import TrainRecipe
 
@@ -432,11 +433,8 @@ def claims_markdown(claims: list[dict[str, Any]], cfg: Turner2019Config) -> str:
         f"all-class figures on classes {list(dict.fromkeys((cfg.main_class, *cfg.classes)))}, rates "
         f"{[f'{100 * r:g} %' for r in cfg.rates]} of the target class, seed {cfg.seed}.",
         "",
-        "| claim | statement | measured | paper | status |",
-        "|---|---|---|---|---|",
     ]
-    for c in claims:
-        lines.append(f"| {c['id']} | {c['claim']} | {c['measured']} | {c['paper']} | **{c['status']}** |")
+    lines += claims_table(claims)
     return "\n".join(lines) + "\n"
 
 
