@@ -228,6 +228,23 @@ def _wrap_errors(run: Callable[[], torch.Tensor], shape: tuple[int, ...]) -> tor
         ) from None
 
 
+def _objective(
+    regularizer: str | None,
+    weight: object,
+    step_size: float | None,
+    eps: float,
+    steps: int,
+    sigma: float | None,
+    m: int,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, float, float, int]:
+    """``(penalty, its step (weight / L), the PGD step, m)`` shared by the regularised and Deep Dream
+    attacks; without smoothing (``sigma=None``, Basic Adv) there is one draw."""
+    penalty = regularizer_fn(regularizer)
+    weight = _check_weight(weight)
+    reg_step = weight / LIPSCHITZ[regularizer] if penalty is not None else 0.0
+    return penalty, reg_step, _check_step(step_size, eps, steps), 1 if sigma is None else m
+
+
 # -- public API -----------------------------------------------------------------------------------------------
 def regularized_smoothadv(
     model: nn.Module,
@@ -258,12 +275,7 @@ def regularized_smoothadv(
     net, x, y, eps, sigma, m, steps, batch_size = _setup(
         model, x, y, eps, sigma, denoiser, m, steps, batch_size
     )
-    penalty = regularizer_fn(regularizer)
-    weight = _check_weight(weight)
-    reg_step = weight / LIPSCHITZ[regularizer] if penalty is not None else 0.0
-    step = _check_step(step_size, eps, steps)
-    if sigma is None:
-        m = 1
+    penalty, reg_step, step, m = _objective(regularizer, weight, step_size, eps, steps, sigma, m)
     return _wrap_errors(
         lambda: _run_octaves(
             net,
@@ -325,12 +337,7 @@ def deep_dream(
         or octave_scale < 1
     ):
         raise BackdoorLabError(f"octave_scale must be a number ≥ 1 (1.2 in the paper), got {octave_scale!r}")
-    penalty = regularizer_fn(regularizer)
-    weight = _check_weight(weight)
-    reg_step = weight / LIPSCHITZ[regularizer] if penalty is not None else 0.0
-    step = _check_step(step_size, eps, steps)
-    if sigma is None:
-        m = 1
+    penalty, reg_step, step, m = _objective(regularizer, weight, step_size, eps, steps, sigma, m)
     return _wrap_errors(
         lambda: _run_octaves(
             net, x, y, eps, sigma, m, steps, step, penalty, reg_step, octaves, float(octave_scale), gen,

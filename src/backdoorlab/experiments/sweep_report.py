@@ -17,7 +17,7 @@ from typing import Any
 
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.experiments.store import RunStore, SweepRow
-from backdoorlab.experiments.tables import _scalars, write_table
+from backdoorlab.experiments.tables import scalar_metrics, write_table
 from backdoorlab.fileio import write_atomic
 
 METRICS = ("victim.clean_acc", "victim.asr", "clean.clean_acc", "clean.asr")
@@ -58,7 +58,7 @@ def sweep_frame(store: RunStore, sweep_id: str) -> tuple[Any, SweepRow, list[str
             error=it.error if it.status == "failed" else None,
         )
         if it.run_id in runs:
-            row.update(_scalars(runs[it.run_id].metrics))
+            row.update(scalar_metrics(runs[it.run_id].metrics))
         rows.append(row)
     return pd.DataFrame(rows), sweep, axes
 

@@ -34,7 +34,8 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run's metrics flattened to scalar columns (histories and per-class lists left out)."""
     return {
         k: v
         for k, v in flatten({k: v for k, v in metrics.items() if k != "history"}).items()
@@ -53,7 +54,7 @@ def run_row(record: RunRecord) -> dict[str, Any]:
         "report": record.report,
     }
     row.update({f"config.{k}": v for k, v in flatten(record.config).items()})
-    row.update({f"metrics.{k}": v for k, v in _scalars(record.metrics).items()})
+    row.update({f"metrics.{k}": v for k, v in scalar_metrics(record.metrics).items()})
     return row
 
 
@@ -187,5 +188,6 @@ __all__ = [
     "run_row",
     "run_rows",
     "runs_frame",
+    "scalar_metrics",
     "write_table",
 ]
