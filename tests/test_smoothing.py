@@ -178,3 +178,14 @@ def test_bad_input_is_named():
         smooth.counts(torch.rand(4, 4), 2)
     with pytest.raises(BackdoorLabError, match="failed on inputs"):
         SmoothedClassifier(tiny_net(), 0.5).counts(torch.rand(2, 3, 8, 8), 2)
+
+
+def test_eval_channels_last_restores_each_submodule_mode():
+    from backdoorlab.defenses.smoothing import eval_channels_last
+
+    inner = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).eval()
+    wrapper = torch.nn.Sequential(inner)  # a fresh wrapper is in train mode; the model inside is not
+    wrapper.training = True
+    with eval_channels_last(wrapper):
+        assert not any(m.training for m in wrapper.modules())
+    assert wrapper.training and not inner.training and not inner[1].training

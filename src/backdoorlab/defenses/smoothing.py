@@ -218,10 +218,11 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
 def eval_channels_last(model: nn.Module) -> Iterator[bool]:
     """Run ``model`` in eval mode with channels-last weights (≈1.4–2× faster convs on CPU), then restore.
 
-    Yields whether the model has conv weights (then inputs should be made channels-last too). The model's
-    training mode and the memory format of its 4-D weights are restored on exit.
+    Yields whether the model has conv weights (then inputs should be made channels-last too). Every
+    submodule's own training mode (a wrapper such as f∘D may differ from the model inside it; ``train(mode)``
+    would overwrite them all) and the memory format of its 4-D weights are restored on exit.
     """
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     conv_weights = [p for p in model.parameters() if p.ndim == 4]
     was_cl = bool(conv_weights) and conv_weights[0].is_contiguous(memory_format=torch.channels_last)
     model.eval()
@@ -232,7 +233,8 @@ def eval_channels_last(model: nn.Module) -> Iterator[bool]:
     finally:
         if conv_weights and not was_cl:
             model.to(memory_format=torch.contiguous_format)
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
 
 
 # -- the smoothed classifier ---------------------------------------------------------------------------------
