@@ -66,3 +66,28 @@ def test_packaged_turner_recipes_validate():
     assert paper.train.batch_size == 50 and paper.train.milestones == (40, 60)
     assert not paper.train.flip and paper.rates == (0.004, 0.015, 0.06, 0.25, 1.0)
     assert small.data.name == "fashion-mnist"
+
+
+def test_turner2019_parallel_workers_match_one_process(tmp_path):
+    """Victims trained on two worker processes give exactly the one-process figures, each stored once."""
+    cfg = tiny().model_copy(update={"linf_eps": (8.0,), "amplitudes": (), "noise_stds": ()})
+    one = run_turner2019(cfg, tmp_path / "one")
+    two = run_turner2019(cfg, tmp_path / "two", workers=2)
+    assert two["asr"] == one["asr"] and two["clean_acc"] == one["clean_acc"]
+    assert len(list((tmp_path / "two" / "cache" / "robust").iterdir())) == 1  # shared step built once
+    from backdoorlab.experiments.runner import Workspace
+
+    stored = {r.id for r in Workspace(tmp_path / "two").store.list()}
+    assert set(two["runs"].values()) <= stored
+
+
+def test_reproduce_refuses_workers_where_unsupported(tmp_path):
+    import pytest
+
+    from backdoorlab.errors import BackdoorLabError
+    from backdoorlab.experiments.reproduce import reproduce
+
+    with pytest.raises(BackdoorLabError, match="--workers is supported by: turner2019"):
+        reproduce("badnets", "small", tmp_path, workers=2)
+    with pytest.raises(BackdoorLabError, match="workers must be ≥ 1"):
+        reproduce("turner2019", "small", tmp_path, workers=0)

@@ -340,7 +340,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     bars = _Bars()
     try:
-        out = reproduce(args.name, args.scale, _home(args), progress=bars, recipe=args.recipe)
+        out = reproduce(
+            args.name, args.scale, _home(args), progress=bars, recipe=args.recipe, workers=args.workers
+        )
     finally:
         bars.close()
     print(f"report: {out}")
@@ -500,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale", choices=["small", "paper"], default="small", help="small: CPU minutes; paper: GPU"
     )
     sp.add_argument("--recipe", help="run this recipe file instead of the packaged one for --scale")
+    sp.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="train independent models in this many processes, one torch thread each (turner2019)",
+    )
     return p
 
 

@@ -8,6 +8,7 @@ Reproductions of the five papers are added by their issues; until then they answ
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -30,6 +31,11 @@ class ReproductionInfo:
     @property
     def status(self) -> str:
         return "ready" if self.fn is not None else "not yet"
+
+    @property
+    def parallel(self) -> bool:
+        """Whether it takes ``workers`` (independent models trained in parallel processes)."""
+        return self.fn is not None and "workers" in inspect.signature(self.fn).parameters
 
 
 _REGISTRY: dict[str, ReproductionInfo] = {}
@@ -66,8 +72,12 @@ def reproduce(
     workspace: Workspace | str | Path,
     progress: StageProgress | None = None,
     recipe: str | Path | None = None,
+    workers: int = 1,
 ) -> Path:
-    """Run reproduction ``name`` at ``scale`` (or from a ``recipe`` file) and return its report path."""
+    """Run reproduction ``name`` at ``scale`` (or from a ``recipe`` file) and return its report path.
+
+    ``workers > 1`` trains independent models in parallel processes, for reproductions that support it.
+    """
     if scale not in ("small", "paper"):
         raise BackdoorLabError(f"scale must be 'small' or 'paper', got {scale!r}")
     if name not in _REGISTRY:
@@ -75,10 +85,18 @@ def reproduce(
     info = _REGISTRY[name]
     if info.fn is None:
         raise BackdoorLabError(f"reproduction {name!r} is not built yet: {info.planned_in}")
+    if workers < 1:
+        raise BackdoorLabError(f"workers must be ≥ 1, got {workers}")
+    if workers > 1 and not info.parallel:
+        raise BackdoorLabError(
+            f"reproduction {name!r} runs in one process; --workers is supported by: "
+            + ", ".join(r.name for r in list_reproductions() if r.parallel)
+        )
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
-    if recipe is not None:
-        return info.fn(scale, ws, progress, Path(recipe))
-    return info.fn(scale, ws, progress)
+    path = Path(recipe) if recipe is not None else None
+    if workers > 1:
+        return info.fn(scale, ws, progress, path, workers=workers)  # type: ignore[call-arg]
+    return info.fn(scale, ws, progress, path)
 
 
 @register_reproduction(
@@ -104,12 +122,12 @@ def _li2020(scale: str, ws: Workspace, progress: StageProgress | None, recipe: P
     "turner2019", "Turner et al., Clean-Label Backdoor Attacks: Figs. 2, 5, 6, 8, 10-12, claims T1-T7"
 )
 def _turner2019(
-    scale: str, ws: Workspace, progress: StageProgress | None, recipe: Path | None = None
+    scale: str, ws: Workspace, progress: StageProgress | None, recipe: Path | None = None, workers: int = 1
 ) -> Path:
     from backdoorlab.papers.turner2019 import load_turner2019_config, run_turner2019
 
     cfg = load_turner2019_config(recipe or recipe_path("turner2019", scale))
-    return Path(run_turner2019(cfg, ws, progress)["report"])
+    return Path(run_turner2019(cfg, ws, progress, workers=workers)["report"])
 
 
 @register_reproduction(

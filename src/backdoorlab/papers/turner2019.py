@@ -30,10 +30,12 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file
 
 from backdoorlab.data.tensors import ImageTensors
 from backdoorlab.defenses.filtering import LabelProbabilityFilter, poisons_found
 from backdoorlab.experiments.auxiliary import GanConfig, RobustModelConfig
+from backdoorlab.experiments.batch import run_experiments
 from backdoorlab.experiments.config import (
     AttackConfig,
     DataConfig,
@@ -202,14 +204,22 @@ def _clean_run(cfg: Turner2019Config, augment: bool, ws: Workspace) -> RunResult
 
 
 def run_turner2019(
-    cfg: Turner2019Config, workspace: Workspace | str | Path, progress: StageProgress | None = None
+    cfg: Turner2019Config,
+    workspace: Workspace | str | Path,
+    progress: StageProgress | None = None,
+    *,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Run every figure; returns the results dict (also written as JSON next to the report)."""
+    """Run every figure; returns the results dict (also written as JSON next to the report).
+
+    ``workers > 1`` trains the victims in that many processes (one torch thread each); the results are
+    the same as with one, since every victim is seeded by its config.
+    """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     t0 = time.time()
     specs = variants(cfg)
     jobs = [(label, c, r) for label, s in specs.items() for c in s["classes"] for r in cfg.rates]
-    stage = Stages("turner2019", progress, total=len(jobs) + 3)
+    stage = Stages("turner2019", progress, total=4)
     res: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "asr": {}, "clean_acc": {}, "runs": {}}
     stage("clean references")
     refs = {aug: _clean_run(cfg, aug, ws) for aug in (False, True)}
@@ -217,16 +227,19 @@ def run_turner2019(
         "plain": refs[False].metrics["victim"]["clean_acc"],
         "augmented": refs[True].metrics["victim"]["clean_acc"],
     }
+    stage(f"{len(jobs)} victims" + (f" on {workers} workers" if workers > 1 else ""))
+    configs = [_experiment(cfg, label, specs[label], target, rate) for label, target, rate in jobs]
+    records = run_experiments(configs, ws, workers=workers, progress=progress, label="turner2019: victims")
     examples: dict[str, torch.Tensor] = {}
-    for label, target, rate in jobs:
-        stage(f"{label}, class {target}, {100 * rate:g} %")
-        run = run_experiment(_experiment(cfg, label, specs[label], target, rate), ws, report=False)
-        m = run.metrics["victim"]
+    for (label, target, rate), record in zip(jobs, records, strict=True):
+        m = record.metrics["victim"]
         res["asr"].setdefault(label, {}).setdefault(str(target), {})[str(rate)] = m["asr"]
         res["clean_acc"].setdefault(label, {}).setdefault(str(target), {})[str(rate)] = m["clean_acc"]
-        res["runs"][f"{label} | {target} | {rate:g}"] = run.record.id
-        if target == cfg.main_class and rate == max(cfg.rates) and run.poisoned is not None:
-            examples[label] = run.poisoned.data.float01(run.poisoned.poison_idx[:1])[0]
+        res["runs"][f"{label} | {target} | {rate:g}"] = record.id
+        if target == cfg.main_class and rate == max(cfg.rates):
+            shown = ws.run_dir(record.id) / "examples.safetensors"
+            if shown.is_file():
+                examples[label] = load_file(str(shown))["poison_images"][0]
     stage("data sanitisation filter")
     res["filter"] = _filter_study(cfg, ws, specs)
     res["examples_order"] = list(examples)
