@@ -37,6 +37,8 @@ from backdoorlab.ui.triggers import color_shape_trigger, masked_success, shape_m
 HEADERS = {"x-backdoorlab": "1"}
 RUN_ID = "abcd1234"
 TARGET = 0
+# the cached model files below live here; removed when the test process exits
+_FILES = tempfile.TemporaryDirectory(prefix="backdoorlab-ui-")
 
 
 # -- shared fixtures (also used by test_ui_e2e.py) -----------------------------------------------------------
@@ -63,7 +65,7 @@ def tiny_model_file() -> Path:
             model = create_model("lenet", in_channels=1, num_classes=10, input_size=28)
         recipe = TrainRecipe(epochs=5, batch_size=50, optimizer="adam", lr=1e-3, channels_last=False)
         fit(model, poisoned.data, recipe, seed=0, device="cpu")
-        path = Path(tempfile.mkdtemp(prefix="backdoorlab-ui-")) / "tiny-badnets.safetensors"
+        path = Path(_FILES.name) / "tiny-badnets.safetensors"
         save_model(model, path, classes=train.classes, extra={"poisoned": True, "data": "mnist5k"})
     finally:
         torch.set_num_threads(threads)
@@ -78,7 +80,7 @@ def clean_model_file() -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = create_model("lenet", in_channels=1, num_classes=10, input_size=28)
-    path = Path(tempfile.mkdtemp(prefix="backdoorlab-ui-")) / "clean.safetensors"
+    path = Path(_FILES.name) / "clean.safetensors"
     save_model(model, path, classes=[str(i) for i in range(10)])
     return path
 
