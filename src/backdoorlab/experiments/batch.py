@@ -5,6 +5,9 @@ poisoning rate) hands them to :func:`run_experiments`. With ``workers > 1`` they
 pool, one torch thread per worker, exactly as a sweep's local backend runs its experiments: each worker runs
 ``run_experiment(store=False)`` and this process, the store's only writer, records every finished run. The
 artefact cache's per-key locks make shared steps (a robust source model, a GAN) build once.
+
+Workers are *spawned*: a script that calls this with ``workers > 1`` must keep its top-level code under
+``if __name__ == "__main__":`` (each worker imports the script again; the CLI needs nothing).
 """
 
 from __future__ import annotations
