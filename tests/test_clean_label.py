@@ -256,6 +256,26 @@ def test_gan_codes_do_not_depend_on_the_rate() -> None:
     assert torch.equal(small.data.images[shared], large.data.images[shared])
 
 
+def test_gan_codes_saved_elsewhere_replace_the_inversion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Codes from gan_codes, put back with add_gan_codes (another process, from the artefact cache), give the
+    same poisons at any rate and τ without inverting again."""
+    from backdoorlab.attacks import clean_label
+
+    data = _data()
+    g = _tiny_generator()
+    first = CleanLabel(target=1, rate=0.25, perturbation="gan", generator=g, inversion_steps=3)
+    idx, codes = first.gan_codes(data)
+    assert set(idx.tolist()) >= set((data.labels == 1).nonzero().squeeze(1).tolist())
+    expected = first.poison(data, _gen())
+    clean_label._CODE_CACHE.clear()
+    second = CleanLabel(target=1, rate=0.25, perturbation="gan", generator=g, inversion_steps=3)
+    second.add_gan_codes(data, idx, codes)
+    monkeypatch.setattr(CleanLabel, "encode", lambda *a, **k: pytest.fail("inverted again"))
+    assert torch.equal(second.poison(data, _gen()).data.images, expected.data.images)
+    with pytest.raises(BackdoorLabError, match="3 indices but 2 codes"):
+        second.add_gan_codes(data, idx[:3], codes[:2])
+
+
 def test_gan_tau_moves_toward_the_other_class() -> None:
     """τ = 0 is the image's own reconstruction; a larger τ lands closer to G(code of the partner)."""
     data = _data()

@@ -55,6 +55,7 @@ def test_turner2019_tiny_end_to_end(tmp_path):
     cache = tmp_path / "cache"
     assert len(list((cache / "robust").iterdir())) == 1
     assert len(list((cache / "gan").iterdir())) == 1
+    assert len(list((cache / "gan-codes").iterdir())) == 1  # every τ and rate reuses one inversion
 
 
 def test_packaged_turner_recipes_validate():

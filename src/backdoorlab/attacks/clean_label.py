@@ -311,27 +311,52 @@ class CleanLabel:
 
         Each target-class image has a fixed partner of class ``toward`` and codes depend only on the image, its
         starting code and the generator, so the codes are cached in memory: a sweep over rates and τ with one
-        generator inverts each image once.
+        generator inverts each image once (and :meth:`gan_codes` / :meth:`add_gan_codes` let the experiment
+        runner keep them in its artefact cache, shared by worker processes).
         """
         g = self._require_generator()
-        latent = int(g.latent_dim)
         pool = (train.labels.cpu() == self.target).nonzero().squeeze(1)
         partners = self._partners(train, toward, len(pool))
         partner_of = partners[torch.searchsorted(pool, idx)]
+        codes = self._encode_indices(train, torch.unique(torch.cat([idx, partner_of])))
+        z_own = torch.stack([codes[int(i)] for i in idx.tolist()])
+        z_other = torch.stack([codes[int(i)] for i in partner_of.tolist()])
+        dev = next(g.parameters()).device
+        return self.generate(z_own.to(dev), z_other.to(dev)).to(train.device)
+
+    def _codes(self, train: ImageTensors) -> dict[int, torch.Tensor]:
+        """The in-memory code table of this generator, data, seed and inversion settings."""
+        g = self._require_generator()
         key = (_weights_hash(g), train.fingerprint(), self.seed, self.inversion_steps, self.inversion_lr)
         codes = _CODE_CACHE.setdefault(key, {})
         if len(_CODE_CACHE) > 4:  # keep a few generators' codes, oldest dropped first
             _CODE_CACHE.pop(next(iter(_CODE_CACHE)))
-        need = torch.unique(torch.cat([idx, partner_of]))
+        return codes
+
+    def _encode_indices(self, train: ImageTensors, need: torch.Tensor) -> dict[int, torch.Tensor]:
+        codes = self._codes(train)
+        latent = int(self._require_generator().latent_dim)
         missing = torch.tensor([int(i) for i in need.tolist() if int(i) not in codes], dtype=torch.long)
         for start in range(0, len(missing), self.batch_size * 4):
             part = missing[start : start + self.batch_size * 4]
             z = self.encode(train.float01(part.to(train.device)), self._init_codes(part, latent)).cpu()
             codes.update({int(i): z[r] for r, i in enumerate(part.tolist())})
-        z_own = torch.stack([codes[int(i)] for i in idx.tolist()])
-        z_other = torch.stack([codes[int(i)] for i in partner_of.tolist()])
-        dev = next(g.parameters()).device
-        return self.generate(z_own.to(dev), z_other.to(dev)).to(train.device)
+        return codes
+
+    def gan_codes(self, train: ImageTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx, codes)``: the latent code of every target-class image and of its partner — all that GAN
+        poisoning at any rate and τ needs — inverting those not yet in the in-memory cache."""
+        pool = (train.labels.cpu() == self.target).nonzero().squeeze(1)
+        partners = self._partners(train, self._toward(train.num_classes), len(pool))
+        need = torch.unique(torch.cat([pool, partners]))
+        codes = self._encode_indices(train, need)
+        return need, torch.stack([codes[int(i)] for i in need.tolist()])
+
+    def add_gan_codes(self, train: ImageTensors, idx: torch.Tensor, codes: torch.Tensor) -> None:
+        """Put codes computed earlier by :meth:`gan_codes` (same generator, data and settings) in the cache."""
+        if len(idx) != len(codes):
+            raise BackdoorLabError(f"add_gan_codes: {len(idx)} indices but {len(codes)} codes")
+        self._codes(train).update({int(i): z for i, z in zip(idx.tolist(), codes, strict=True)})
 
     def _toward(self, num_classes: int) -> int:
         toward = default_toward(self.target, num_classes) if self.toward is None else self.toward

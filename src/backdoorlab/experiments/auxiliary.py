@@ -157,6 +157,8 @@ def resolve_attack_params(
         spec_g = _parse("attack.params.gan", gan_raw or {}, GanConfig)
         out.pop("gan", None)
         out["generator"] = _cached_gan(train, spec_g, out, data_fp, cache, seed, device, progress, trained)
+        if out.get("perturbation") == "gan":
+            _cached_gan_codes(train, out, data_fp, cache, progress)
     return out
 
 
@@ -202,6 +204,45 @@ def _cached_gan(
 
     folder, _ = cache.get_or_create("gan", key, write)
     return load_generator(folder / "generator.safetensors").to(resolve_device(device)).eval()
+
+
+def _cached_gan_codes(
+    train: ImageTensors,
+    params: dict[str, Any],
+    data_fp: str,
+    cache: ArtifactCache,
+    progress: StageProgress | None,
+) -> None:
+    """Invert every target-class image and its partner once per generator (Turner §5.2: 1,000 steps each, the
+    costly part of GAN poisoning) and keep the codes in the artefact cache, so every rate and τ of a sweep —
+    in any worker process — reuses them; the attack built from ``params`` then finds them in memory."""
+    from safetensors.torch import load_file, save_file
+
+    from backdoorlab.attacks.clean_label import CleanLabel
+    from backdoorlab.models.io import model_hash
+
+    attack = CleanLabel(**{k: v for k, v in params.items() if k not in ("robust_model", "rate")})
+    target, toward = gan_classes(params, train.num_classes)
+    key = stable_hash(
+        {
+            "data": data_fp,
+            "generator": model_hash(params["generator"]),
+            "target": target,
+            "toward": toward,
+            "seed": attack.seed,
+            "inversion": [attack.inversion_steps, attack.inversion_lr],
+        }
+    )
+
+    def write(folder: Path) -> None:
+        if progress:
+            progress("invert target-class images into the GAN", 0, 1)
+        idx, codes = attack.gan_codes(train)
+        save_file({"idx": idx.contiguous(), "codes": codes.contiguous()}, str(folder / "codes.safetensors"))
+
+    folder, _ = cache.get_or_create("gan-codes", key, write)
+    saved = load_file(str(folder / "codes.safetensors"))
+    attack.add_gan_codes(train, saved["idx"], saved["codes"])
 
 
 def _parse(field: str, raw: Any, model: type[BaseModel]) -> Any:
