@@ -343,11 +343,17 @@ class CleanLabel:
             codes.update({int(i): z[r] for r, i in enumerate(part.tolist())})
         return codes
 
-    def gan_codes(self, train: ImageTensors) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(idx, codes)``: the latent code of every target-class image and of its partner — all that GAN
-        poisoning at any rate and τ needs — inverting those not yet in the in-memory cache."""
+    def gan_codes(
+        self, train: ImageTensors, idx: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(indices, codes)``: the latent codes GAN poisoning of training indices ``idx`` needs — theirs and
+        their partners' — or, with ``idx=None``, of every target-class image and its partner (any rate and τ),
+        inverting those not yet in the in-memory cache."""
         pool = (train.labels.cpu() == self.target).nonzero().squeeze(1)
         partners = self._partners(train, self._toward(train.num_classes), len(pool))
+        if idx is not None:
+            partners = partners[torch.searchsorted(pool, idx)]
+            pool = idx
         need = torch.unique(torch.cat([pool, partners]))
         codes = self._encode_indices(train, need)
         return need, torch.stack([codes[int(i)] for i in need.tolist()])

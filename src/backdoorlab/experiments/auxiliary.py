@@ -158,7 +158,7 @@ def resolve_attack_params(
         out.pop("gan", None)
         out["generator"] = _cached_gan(train, spec_g, out, data_fp, cache, seed, device, progress, trained)
         if out.get("perturbation") == "gan":
-            _cached_gan_codes(train, out, data_fp, cache, progress)
+            _cached_gan_codes(train, out, data_fp, cache, seed, progress)
     return out
 
 
@@ -211,24 +211,26 @@ def _cached_gan_codes(
     params: dict[str, Any],
     data_fp: str,
     cache: ArtifactCache,
+    seed: int,
     progress: StageProgress | None,
 ) -> None:
-    """Invert every target-class image and its partner once per generator (Turner §5.2: 1,000 steps each, the
-    costly part of GAN poisoning) and keep the codes in the artefact cache, so every rate and τ of a sweep —
-    in any worker process — reuses them; the attack built from ``params`` then finds them in memory."""
+    """Invert the images this run poisons, and their partners, once (Turner §5.2: 1,000 steps each, the costly
+    part of GAN poisoning) and keep the codes in the artefact cache: every τ of a sweep at this rate — in any
+    worker process — reuses them, and the attack built from ``params`` finds them in memory."""
     from safetensors.torch import load_file, save_file
 
     from backdoorlab.attacks.clean_label import CleanLabel
     from backdoorlab.models.io import model_hash
 
-    attack = CleanLabel(**{k: v for k, v in params.items() if k not in ("robust_model", "rate")})
+    attack = CleanLabel(**{k: v for k, v in params.items() if k != "robust_model"})
+    idx = attack.select(train.labels, torch.Generator().manual_seed(seed))  # the run's own selection
     target, toward = gan_classes(params, train.num_classes)
     key = stable_hash(
         {
             "data": data_fp,
             "generator": model_hash(params["generator"]),
-            "target": target,
-            "toward": toward,
+            "classes": [target, toward],
+            "poisons": idx.tolist(),
             "seed": attack.seed,
             "inversion": [attack.inversion_steps, attack.inversion_lr],
         }
@@ -236,9 +238,9 @@ def _cached_gan_codes(
 
     def write(folder: Path) -> None:
         if progress:
-            progress("invert target-class images into the GAN", 0, 1)
-        idx, codes = attack.gan_codes(train)
-        save_file({"idx": idx.contiguous(), "codes": codes.contiguous()}, str(folder / "codes.safetensors"))
+            progress("invert poisons and partners into the GAN", 0, 1)
+        need, codes = attack.gan_codes(train, idx)
+        save_file({"idx": need.contiguous(), "codes": codes.contiguous()}, str(folder / "codes.safetensors"))
 
     folder, _ = cache.get_or_create("gan-codes", key, write)
     saved = load_file(str(folder / "codes.safetensors"))

@@ -347,7 +347,7 @@ def run_experiment(
                 config.attack.params.get("perturbation") == "gan"
             ):
                 resolved = resolve_attack_params(
-                    {"target": config.attack.target, **config.attack.params},
+                    {"target": config.attack.target, "rate": config.attack.rate, **config.attack.params},
                     train=train,
                     data_fp=data_fp,
                     cache=cache,
@@ -360,6 +360,7 @@ def run_experiment(
                     trained=trained,
                 )
                 resolved.pop("target")
+                resolved.pop("rate")
                 poisoner = build_attack(config, train.num_classes, resolved)
             stage("poison training set")
             _save_poison(folder, _field_error("attack", lambda: poisoner.poison(train, gen)))
