@@ -163,3 +163,17 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(BackdoorLabError, match=r"nope\.safetensors"):
         load_model(missing)
+
+
+def test_load_pretrained_names_the_field_and_checks_the_shape(tmp_path: Path) -> None:
+    from backdoorlab.models import load_pretrained
+
+    with pytest.raises(BackdoorLabError, match=r"datasets\.x\.pretrained: .*missing\.safetensors not found"):
+        load_pretrained(tmp_path / "missing.safetensors", "datasets.x.pretrained", (1, 28, 28))
+    model = create_model("lenet", in_channels=1, num_classes=10, input_size=28)
+    path = tmp_path / "lenet.safetensors"
+    save_model(model, path, classes=[str(i) for i in range(10)])
+    loaded, card = load_pretrained(path, "pretrained", (1, 28, 28))
+    assert not loaded.training and card.sha256 == model_hash(model)
+    with pytest.raises(BackdoorLabError):
+        load_pretrained(path, "pretrained", (3, 32, 32))

@@ -9,6 +9,7 @@ from backdoorlab.models.dncnn import DnCNN
 from backdoorlab.models.io import (
     ModelCard,
     load_model,
+    load_pretrained,
     load_state_dict_file,
     model_hash,
     save_model,
@@ -47,6 +48,7 @@ __all__ = [
     "list_models",
     "load_generator",
     "load_model",
+    "load_pretrained",
     "load_state_dict_file",
     "model_from_spec",
     "model_hash",

@@ -26,7 +26,7 @@ from torch import nn
 
 from backdoorlab.errors import BackdoorLabError, UnsafeFileError
 from backdoorlab.fileio import write_atomic
-from backdoorlab.models.registry import input_shape, model_from_spec
+from backdoorlab.models.registry import check_input_shape, input_shape, model_from_spec
 
 HEADER_KEY = "backdoorlab"
 FORMAT = "backdoorlab-model"
@@ -215,3 +215,24 @@ def load_model(
             f"model with {spec['num_classes']} outputs and input shape {input_shape(model)}"
         )
     return model, card
+
+
+def load_pretrained(
+    path: str | os.PathLike,
+    field: str,
+    data_shape: Sequence[int],
+    *,
+    map_location: str | torch.device = "cpu",
+) -> tuple[nn.Module, ModelCard]:
+    """A user-given pretrained model (config ``field``) that must exist and fit ``data_shape`` images.
+
+    Errors name ``field`` and what to give; the file is read as :func:`load_model` reads it (never unpickled).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BackdoorLabError(
+            f"{field}: {path} not found; give a backdoorlab safetensors model file (backdoorlab.models.save_model)"
+        )
+    model, card = load_model(path, map_location=map_location)
+    check_input_shape(model, data_shape)
+    return model.eval(), card

@@ -742,18 +742,11 @@ def _feature_extractor(ctx: _Context) -> tuple[nn.Module, dict[str, Any]]:
     """The pretrained network: loaded from ``pretrained`` (safetensors) or trained on the disjoint pretraining
     split (all classes) and cached under the hash of everything that determines it."""
     cfg, ws = ctx.cfg, ctx.ws
-    from backdoorlab.models import check_input_shape, load_model, model_hash, save_model
+    from backdoorlab.models import load_model, load_pretrained, model_hash, save_model
 
     if cfg.pretrained is not None:
-        path = Path(cfg.pretrained)
-        if not path.is_file():
-            raise BackdoorLabError(
-                f"pretrained: {path} not found; give a backdoorlab safetensors model file "
-                "(backdoorlab.models.save_model)"
-            )
-        model, card = load_model(path, map_location=ctx.device)
-        check_input_shape(model, ctx.train.shape)
-        return model, {"source": str(path), "sha256": card.sha256}
+        model, card = load_pretrained(cfg.pretrained, "pretrained", ctx.train.shape, map_location=ctx.device)
+        return model, {"source": str(cfg.pretrained), "sha256": card.sha256}
     idx = torch.cat([ctx.splits[c]["pretrain"] for c in range(ctx.train.num_classes)]).sort().values
     pre = ctx.train.subset(idx)
     exp = ExperimentConfig(seed=cfg.seed, data=cfg.data, model=cfg.model, attack=None, train=cfg.pretrain)

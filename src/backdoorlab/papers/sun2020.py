@@ -546,17 +546,12 @@ class _Context:
     def extractor(self, key: str) -> nn.Module:
         ds = self.cfg.datasets[key]
         if ds.pretrained is not None:
-            from backdoorlab.models import check_input_shape, load_model
+            from backdoorlab.models import load_pretrained
 
-            path = Path(ds.pretrained)
-            if not path.is_file():
-                raise BackdoorLabError(
-                    f"datasets.{key}.pretrained: {path} not found; give a backdoorlab safetensors model file "
-                    "(backdoorlab.models.save_model)"
-                )
-            model, _card = load_model(path, map_location=self.device)
-            check_input_shape(model, self.data[key][0].shape)
-            return model.eval()
+            shape = self.data[key][0].shape
+            return load_pretrained(
+                ds.pretrained, f"datasets.{key}.pretrained", shape, map_location=self.device
+            )[0]
         assert ds.extractor is not None  # checked by the config
         return self.victims[ds.extractor].model
 
