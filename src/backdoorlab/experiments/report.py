@@ -46,6 +46,12 @@ def html_page(title: str, body: str) -> str:
     )
 
 
+def report_page(name: str, parts: Sequence[str], config: Any) -> str:
+    """A whole report: ``parts`` (HTML fragments), then the config that produced them, as one page."""
+    config_html = f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"
+    return html_page(f"backdoorlab · {name}", "\n".join([*parts, "<h2>Config</h2>", config_html]))
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(v: Any) -> str:
         if isinstance(v, float):
@@ -173,5 +179,4 @@ def render_run_report(record: RunRecord, examples: dict[str, torch.Tensor]) -> s
         ax.set_xticks(range(len(cm)), [str(c)[:6] for c in classes], rotation=90, fontsize=7)
         ax.set_yticks(range(len(cm)), [str(c)[:6] for c in classes], fontsize=7)
         parts += ["<h2>Confusion matrix</h2>", figure_png(fig)]
-    parts += ["<h2>Config</h2>", f"<pre>{html.escape(json.dumps(record.config, indent=2))}</pre>"]
-    return html_page(f"backdoorlab · {record.name}", "\n".join(parts))
+    return report_page(record.name, parts, record.config)

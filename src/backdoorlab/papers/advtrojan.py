@@ -67,7 +67,7 @@ from backdoorlab.experiments.config import (
     load_config_model,
     stable_hash,
 )
-from backdoorlab.experiments.report import figure_png, html_page, table
+from backdoorlab.experiments.report import figure_png, report_page, table
 from backdoorlab.experiments.runner import StageProgress, Workspace, build_model, load_data
 from backdoorlab.fileio import write_atomic
 from backdoorlab.metrics import attack_success_rate, predict_logits
@@ -1100,8 +1100,7 @@ def render_advtrojan_report(
     ]  # fmt: skip
     for run in cfg.runs:
         parts.append(_run_section(run, res["runs"][run.label], figures[run.label], cfg.eval))
-    parts += ["<h2>Config</h2>", f"<pre>{html.escape(json.dumps(res['config'], indent=2))}</pre>"]
-    return html_page(f"backdoorlab · {cfg.name}", "\n".join(parts))
+    return report_page(cfg.name, parts, res["config"])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from backdoorlab.experiments.config import (
     TriggerConfig,
     load_config_model,
 )
-from backdoorlab.experiments.report import figure_png, html_page, table
+from backdoorlab.experiments.report import figure_png, report_page, table
 from backdoorlab.experiments.runner import RunResult, StageProgress, Workspace, run_experiment
 from backdoorlab.fileio import write_atomic
 from backdoorlab.metrics import accuracy, attack_success_rate, predict_logits
@@ -678,7 +678,5 @@ def render_li2020_report(res: dict[str, Any], figures: dict[str, str], cfg: Li20
         ),
         "<h2>Runs</h2>",
         table(["model", "run id"], [[k, v] for k, v in res["runs"].items()]),
-        "<h2>Config</h2>",
-        f"<pre>{html.escape(json.dumps(res['config'], indent=2))}</pre>",
     ]
-    return html_page(f"backdoorlab · {cfg.name}", "\n".join(parts))
+    return report_page(cfg.name, parts, res["config"])

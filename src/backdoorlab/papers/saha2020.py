@@ -84,7 +84,7 @@ from backdoorlab.experiments.config import (
     load_config_model,
     stable_hash,
 )
-from backdoorlab.experiments.report import figure_png, html_page, image_grid, table
+from backdoorlab.experiments.report import figure_png, image_grid, report_page, table
 from backdoorlab.experiments.runner import StageProgress, Workspace, build_model
 from backdoorlab.fileio import write_atomic
 from backdoorlab.papers.claims import claims_table
@@ -1789,5 +1789,4 @@ def render_saha2020_report(res: dict[str, Any], figures: dict[str, str], cfg: Sa
             gen_rows,
         )
     )
-    parts += ["<h2>Config</h2>", f"<pre>{html.escape(json.dumps(res['config'], indent=2))}</pre>"]
-    return html_page(f"backdoorlab · {cfg.name}", "\n".join(parts))
+    return report_page(cfg.name, parts, res["config"])

@@ -94,7 +94,7 @@ from backdoorlab.experiments.config import (
     stable_hash,
     validation_message,
 )
-from backdoorlab.experiments.report import figure_png, html_page, table
+from backdoorlab.experiments.report import figure_png, report_page, table
 from backdoorlab.experiments.runner import StageProgress, Workspace, load_data, run_experiment
 from backdoorlab.fileio import write_atomic
 from backdoorlab.papers.claims import claims_table
@@ -1808,8 +1808,7 @@ def render_sun2020_report(res: dict[str, Any], figures: dict[str, str], cfg: Sun
             )
             + "</p>"
         )
-    parts += ["<h2>Config</h2>", f"<pre>{html.escape(json.dumps(res['config'], indent=2))}</pre>"]
-    return html_page(f"backdoorlab · {cfg.name}", "\n".join(parts))
+    return report_page(cfg.name, parts, res["config"])
 
 
 __all__ = [

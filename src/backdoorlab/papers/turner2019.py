@@ -45,7 +45,7 @@ from backdoorlab.experiments.config import (
     TriggerConfig,
     load_config_model,
 )
-from backdoorlab.experiments.report import figure_png, html_page, image_grid, table
+from backdoorlab.experiments.report import figure_png, image_grid, report_page, table
 from backdoorlab.experiments.runner import RunResult, StageProgress, Workspace, load_data, run_experiment
 from backdoorlab.fileio import write_atomic
 from backdoorlab.papers.claims import claims_table
@@ -627,6 +627,18 @@ _PAPER_NOTES = {
 
 def render_turner2019_report(res: dict[str, Any], figures: dict[str, str], cfg: Turner2019Config) -> str:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+
+    def rate_table(values: dict[str, dict[str, dict[str, float]]]) -> str:
+        """variant × class rows, one column per rate ("—" where a variant skipped the rate)."""
+        return table(
+            ["variant", "class", *(f"{100 * r:g} %" for r in cfg.rates)],
+            [
+                [label, c, *(pct(by_rate[str(r)]) if str(r) in by_rate else "—" for r in cfg.rates)]
+                for label, by_class in values.items()
+                for c, by_rate in by_class.items()
+            ],
+        )
+
     every = list(dict.fromkeys((cfg.main_class, *cfg.classes)))
     parts = [
         f"<h1>Turner et al., Clean-Label Backdoor Attacks — {html.escape(cfg.name)}</h1>",
@@ -677,27 +689,11 @@ def render_turner2019_report(res: dict[str, Any], figures: dict[str, str], cfg: 
             ],
         ),
         "<h2>All measured attack success rates (%)</h2>",
-        table(
-            ["variant", "class", *(f"{100 * r:g} %" for r in cfg.rates)],
-            [
-                [label, c, *(pct(by_rate[str(r)]) if str(r) in by_rate else "—" for r in cfg.rates)]
-                for label, by_class in res["asr"].items()
-                for c, by_rate in by_class.items()
-            ],
-        ),
+        rate_table(res["asr"]),
         "<h2>Clean accuracy of the victims (%)</h2>",
-        table(
-            ["variant", "class", *(f"{100 * r:g} %" for r in cfg.rates)],
-            [
-                [label, c, *(pct(by_rate[str(r)]) if str(r) in by_rate else "—" for r in cfg.rates)]
-                for label, by_class in res["clean_acc"].items()
-                for c, by_rate in by_class.items()
-            ],
-        ),
-        "<h2>Config</h2>",
-        f"<pre>{html.escape(json.dumps(res['config'], indent=2))}</pre>",
+        rate_table(res["clean_acc"]),
     ]
-    return html_page(f"backdoorlab · {cfg.name}", "\n".join(parts))
+    return report_page(cfg.name, parts, res["config"])
 
 
 __all__ = [
