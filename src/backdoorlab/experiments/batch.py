@@ -55,9 +55,9 @@ def run_experiments(
 def _run_parallel(
     configs: Sequence[ExperimentConfig], ws: Workspace, workers: int, tick: Callable[[int], None]
 ) -> list[RunRecord]:
-    from backdoorlab.experiments.sweep import _LocalBackend
+    from backdoorlab.experiments.sweep import LocalBackend
 
-    backend = _LocalBackend(workers)
+    backend = LocalBackend(workers)
     records: list[RunRecord | None] = [None] * len(configs)
     abort = True
     try:

@@ -278,7 +278,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class _LocalBackend:
+class LocalBackend:
     """A process pool (spawned, so each worker starts clean), rebuilt if a worker dies."""
 
     name = "local"
@@ -479,8 +479,8 @@ def run_sweep(
             eta = math.ceil(left / n_workers) * (sum(durations) / len(durations))
         progress(SweepStatus(total, done, len(running), failed, time.perf_counter() - t0, eta))
 
-    be: _LocalBackend | _RayBackend = (
-        _LocalBackend(n_workers) if backend == "local" else _RayBackend(n_workers, address, threads)
+    be: LocalBackend | _RayBackend = (
+        LocalBackend(n_workers) if backend == "local" else _RayBackend(n_workers, address, threads)
     )
     root = str(ws.root.resolve())
     try:
@@ -506,7 +506,7 @@ def run_sweep(
                     else:
                         store.set_item(sweep.id, i, "failed", error=result["error"])
                         failed += 1
-            if isinstance(be, _LocalBackend) and be.pool is None and running:
+            if isinstance(be, LocalBackend) and be.pool is None and running:
                 # the pool broke: the futures still listed were lost with it; run them again
                 for i, _ in running.values():
                     todo.appendleft(i)

@@ -46,7 +46,7 @@ from backdoorlab.experiments.config import (
     load_config_model,
 )
 from backdoorlab.experiments.report import figure_png, image_grid, report_page, table
-from backdoorlab.experiments.runner import RunResult, StageProgress, Workspace, load_data, run_experiment
+from backdoorlab.experiments.runner import StageProgress, Workspace, load_data, run_experiment
 from backdoorlab.fileio import write_atomic
 from backdoorlab.papers.claims import claims_table
 from backdoorlab.papers.stages import Stages
@@ -214,19 +214,15 @@ def _experiment(
     )
 
 
-def _clean_run(cfg: Turner2019Config, augment: bool, ws: Workspace) -> RunResult:
-    return run_experiment(
-        ExperimentConfig(
-            name=f"{cfg.name}: clean reference{' (augmented)' if augment else ''}",
-            seed=cfg.seed,
-            data=cfg.data,
-            model=cfg.model,
-            attack=None,
-            train=_recipe(cfg, augment),
-            report_samples=0,
-        ),
-        ws,
-        report=False,
+def _clean_config(cfg: Turner2019Config, augment: bool) -> ExperimentConfig:
+    return ExperimentConfig(
+        name=f"{cfg.name}: clean reference{' (augmented)' if augment else ''}",
+        seed=cfg.seed,
+        data=cfg.data,
+        model=cfg.model,
+        attack=None,
+        train=_recipe(cfg, augment),
+        report_samples=0,
     )
 
 
@@ -254,17 +250,18 @@ def run_turner2019(
         ],
         specs,
     )
-    stage = Stages("turner2019", progress, total=4)
+    stage = Stages("turner2019", progress, total=3)
     res: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "asr": {}, "clean_acc": {}, "runs": {}}
-    stage("clean references")
-    refs = {aug: _clean_run(cfg, aug, ws) for aug in (False, True)}
+    stage(f"{len(jobs)} victims and 2 clean references" + (f" on {workers} workers" if workers > 1 else ""))
+    configs = [_clean_config(cfg, aug) for aug in (False, True)]
+    configs += [_experiment(cfg, label, specs[label], target, rate) for label, target, rate in jobs]
+    plain, augmented, *records = run_experiments(
+        configs, ws, workers=workers, progress=progress, label="turner2019: victims"
+    )
     res["reference_acc"] = {
-        "plain": refs[False].metrics["victim"]["clean_acc"],
-        "augmented": refs[True].metrics["victim"]["clean_acc"],
+        "plain": plain.metrics["victim"]["clean_acc"],
+        "augmented": augmented.metrics["victim"]["clean_acc"],
     }
-    stage(f"{len(jobs)} victims" + (f" on {workers} workers" if workers > 1 else ""))
-    configs = [_experiment(cfg, label, specs[label], target, rate) for label, target, rate in jobs]
-    records = run_experiments(configs, ws, workers=workers, progress=progress, label="turner2019: victims")
     examples: dict[str, torch.Tensor] = {}
     for (label, target, rate), record in zip(jobs, records, strict=True):
         m = record.metrics["victim"]
