@@ -64,7 +64,7 @@ def tiny(**over) -> Saha2020Config:
 
 
 def test_tiny_end_to_end_and_cache(tmp_path: Path) -> None:
-    cfg = tiny()
+    cfg = tiny(tran_reference=True, tran_poisons=4)
     res = run_saha2020(cfg, tmp_path)
     out = tmp_path / "reproductions" / "saha-tiny"
     assert Path(res["report"]) == out / "report.html"
@@ -87,11 +87,17 @@ def test_tiny_end_to_end_and_cache(tmp_path: Path) -> None:
     assert pair["table8"]["ours"]["spectral"]["removed"] == 3  # 1.5 × 2 poisons
     assert saved["multiclass"]["classes"] == [0, 1, 2] and "multi_source" in saved["multiclass"]
     assert set(pair["generation"]) == {"reference", "ε 8", "patch 3", "layer conv2_relu"}
+    # H5's BadNets half in Tran et al.'s setting: 4 poisons among the 4 clean target images of the pretraining split
+    tran = saved["tran_reference"]
+    assert (tran["poisons"], tran["clean_target"], tran["spectral"]["removed"]) == (4, 4, 6)
+    assert 0 <= tran["spectral"]["found"] <= 4 and not tran["cached"]
+    assert "Tran et al.'s setting" in next(c for c in res["claims"] if c["id"] == "H5")["measured"]
     assert not any(g["cached"] for g in pair["generation"].values())
     # a second run finds the feature extractor and every poison set in the artefact cache
     again = run_saha2020(cfg, tmp_path)
     assert again["feature_extractor"]["cached"]
     assert all(g["cached"] for g in again["pairs"][0]["generation"].values())
+    assert again["tran_reference"]["cached"] and again["tran_reference"]["spectral"] == tran["spectral"]
     assert again["summary"]["table1"] == res["summary"]["table1"]
 
 
@@ -127,6 +133,8 @@ def test_packaged_recipes_validate() -> None:
         ({"poison_counts": (1, 4)}, "reference count"),
         ({"placement": "middle"}, "must be one of"),
         ({"data": DataConfig(name="shapes", train_per_class=5)}, "not used here"),
+        ({"tran_reference": True, "tran_poisons": 5}, "tran_poisons"),
+        ({"tran_reference": True, "pretrained": "x.safetensors", "pretrain_per_class": 0}, "tran_reference"),
     ],
 )
 def test_config_errors_are_named(over: dict, match: str) -> None:

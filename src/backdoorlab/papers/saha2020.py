@@ -178,6 +178,12 @@ class Saha2020Config(BaseModel):
     )
     multisource_poisons: int | None = Field(None, ge=1, description="§4.7 multi-source count (None: poisons)")
     spectral_factor: float = Field(1.5, gt=0, description="Tran et al.: remove 1.5× the poison count")
+    tran_reference: bool = Field(
+        False,
+        description="H5: also train the architecture from scratch on the pretraining split with BadNets poisons "
+        "of the first pair (Tran et al.'s own setting) and run both detectors on its target class",
+    )
+    tran_poisons: int = Field(40, ge=1, description="BadNets poisons of the Tran et al. reference")
     ac_dims: int = Field(10, ge=1, description="Chen et al.: ICA to 10 dimensions")
     ac_method: Literal["ica", "pca"] = "ica"
     plot_points: int = Field(300, ge=10, description="points per group in the Fig. 2 plots")
@@ -230,6 +236,16 @@ class Saha2020Config(BaseModel):
             raise ValueError(f"poison_counts must include the reference count poisons = {self.poisons}")
         if any(e > 255 for e in self.ablation_eps):
             raise ValueError("ablation_eps values are on the 0–255 scale (at most 255)")
+        if self.tran_reference and self.pretrained is not None:
+            raise ValueError(
+                "tran_reference trains on the pretraining split, which a pretrained: model leaves empty; set "
+                "tran_reference: false or drop pretrained:"
+            )
+        if self.tran_reference and self.tran_poisons > self.poison_per_class:
+            raise ValueError(
+                f"tran_poisons ({self.tran_poisons}) takes source images from the attacker's split of "
+                f"poison_per_class = {self.poison_per_class}; lower tran_poisons or raise poison_per_class"
+            )
         return self
 
 
@@ -738,6 +754,21 @@ def _splits(
     return out
 
 
+def _fresh_model(cfg: Saha2020Config, exp: ExperimentConfig, data: ImageTensors) -> nn.Module:
+    """The architecture before pretraining, with ``pretrain_init`` applied (He-normal weights, zero biases)."""
+    model = build_model(exp, data)
+    if cfg.pretrain_init == "kaiming":
+        gen = make_generator(cfg.seed)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    fan_in = m.weight[0].numel()
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * math.sqrt(2.0 / fan_in))
+                    if m.bias is not None:
+                        m.bias.zero_()
+    return model
+
+
 def _feature_extractor(ctx: _Context) -> tuple[nn.Module, dict[str, Any]]:
     """The pretrained network: loaded from ``pretrained`` (safetensors) or trained on the disjoint pretraining
     split (all classes) and cached under the hash of everything that determines it."""
@@ -763,16 +794,7 @@ def _feature_extractor(ctx: _Context) -> tuple[nn.Module, dict[str, Any]]:
     held_out = ctx.test.subset(test_idx.sort().values)
 
     def write(folder: Path) -> None:
-        model = build_model(exp, pre)
-        if cfg.pretrain_init == "kaiming":
-            gen = make_generator(cfg.seed)
-            with torch.no_grad():
-                for m in model.modules():
-                    if isinstance(m, (nn.Conv2d, nn.Linear)):
-                        fan_in = m.weight[0].numel()
-                        m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * math.sqrt(2.0 / fan_in))
-                        if m.bias is not None:
-                            m.bias.zero_()
+        model = _fresh_model(cfg, exp, pre)
         cb = None
         if ctx.progress is not None:
             cb = lambda s, t, _i: ctx.progress("saha2020: pretrain the feature extractor", s, t)  # noqa: E731
@@ -1046,6 +1068,92 @@ def _detection(
     return out
 
 
+def _tran_reference(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
+    """H5's BadNets half in Tran et al.'s own setting (§4 of their paper: a network trained end to end on a
+    BadNets-poisoned multi-class set), which Saha et al. quote rather than run: the architecture trained from
+    scratch (the extractor's recipe and init) on the pretraining split plus ``tran_poisons`` first-pair source
+    images stamped with the first pair's trigger and labelled with its target; spectral signatures (1.5× the
+    poison count) and activation clustering on that target class's representations at the feature layer.
+    Cached under the hash of its inputs."""
+    cfg, ws = ctx.cfg, ctx.ws
+    if not cfg.tran_reference:
+        return None
+    from backdoorlab.models import load_model, save_model
+
+    s, t = cfg.pairs[0]
+    k = cfg.tran_poisons
+    stage(f"H5 reference: BadNets trained end to end ({k} poisons, Tran et al.'s setting)")
+    trig = ctx.trigger(0, cfg.trigger_size)
+    src = ctx.train.float01(ctx.splits[s]["pool"][:k])
+    poisons = ImageTensors.quantize(stamp(src, trig, gen=make_generator(cfg.seed + 17)))
+    idx = torch.cat([ctx.splits[c]["pretrain"] for c in range(ctx.train.num_classes)]).sort().values
+    pre = ctx.train.subset(idx)
+    data = ImageTensors(
+        torch.cat([pre.images.cpu(), poisons]),
+        torch.cat([pre.labels.cpu(), torch.full((k,), t, dtype=torch.long)]),
+        pre.classes,
+        name=f"{pre.name}+badnets",
+    )
+    exp = ExperimentConfig(seed=cfg.seed, data=cfg.data, model=cfg.model, attack=None, train=cfg.pretrain)
+    key = stable_hash(
+        {
+            "data": data.fingerprint(),
+            "model": cfg.model.model_dump(mode="json"),
+            "recipe": cfg.pretrain.model_dump(mode="json"),
+            "init": cfg.pretrain_init,
+            "seed": cfg.seed,
+        }
+    )
+
+    def write(folder: Path) -> None:
+        model = _fresh_model(cfg, exp, data)
+        cb = None
+        if ctx.progress is not None:
+            cb = lambda a, b, _i: ctx.progress("saha2020: H5 reference (Tran et al.)", a, b)  # noqa: E731
+        t0 = time.time()
+        fit(model, data, cfg.pretrain, seed=cfg.seed, device=ctx.device, progress=cb)
+        save_model(model.cpu(), folder / "model.safetensors", classes=data.classes,
+                   extra={"seconds": time.time() - t0})  # fmt: skip
+
+    folder, hit = ws.cache.get_or_create("saha2020-tran", key, write)
+    model, card = load_model(folder / "model.safetensors", map_location=ctx.device)
+    model.eval()
+    clean_t = pre.images[pre.labels.cpu() == t]
+    reps = layer_outputs(model, torch.cat([clean_t.cpu(), poisons]), [ctx.feature_layer])[ctx.feature_layer]
+    n = len(reps)
+    is_poison = torch.zeros(n, dtype=torch.bool)
+    is_poison[-k:] = True
+    remove = SpectralSignatures(removal_factor=cfg.spectral_factor, expected_rate=k).removal_count(n)
+    found = int(is_poison[torch.topk(spectral_scores(reps), remove).indices].sum())
+    ac = ActivationClustering(dims=cfg.ac_dims, method=cfg.ac_method, seed=cfg.seed)
+    flagged, details = ac.analyse(reps)
+    val_s = ctx.test.float01(ctx.splits[s]["val"])
+    val_idx = torch.cat([ctx.splits[c]["val"] for c in range(ctx.test.num_classes)]).sort().values
+    with torch.no_grad():
+        dev = _device_of(model)
+        asr = float((model(stamp(val_s, trig, gen=make_generator(cfg.seed)).to(dev)).argmax(1).cpu() == t)
+                    .float().mean())  # fmt: skip
+    held = ctx.test.subset(val_idx)
+    logits = layer_outputs(model, held.images, [model.head_layer])[model.head_layer]
+    return {
+        "source": s,
+        "target": t,
+        "poisons": k,
+        "clean_target": len(clean_t),
+        "train_images": len(data),
+        "asr": asr,
+        "clean_acc": float((logits.argmax(1) == held.labels.cpu()).float().mean()),
+        "spectral": {"removed": remove, "found": found, "chance": remove * k / n},
+        "ac": {
+            "flagged": len(flagged),
+            "found": int(is_poison[flagged].sum()) if len(flagged) else 0,
+            "poisoned_class": bool(details.get("poisoned", False)),
+        },
+        "seconds": card.extra.get("seconds"),
+        "cached": hit,
+    }
+
+
 def _multiclass(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
     """§4.7: single-source (each pair's poisons, Table 4's injection sweep) and multi-source (pair 0's target)."""
     cfg = ctx.cfg
@@ -1152,7 +1260,7 @@ def _run(
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     t0 = time.time()
     per_pair = 5 + len(cfg.ablation_eps) + len(cfg.ablation_patch) + (1 if cfg.conv_layer else 0)
-    stage = Stages("saha2020", progress, total=2 + per_pair * len(cfg.pairs) + 3)
+    stage = Stages("saha2020", progress, total=2 + per_pair * len(cfg.pairs) + 3 + int(cfg.tran_reference))
     stage("data and feature extractor")
     ctx = _Context(cfg, ws, progress)
     res: dict[str, Any] = {
@@ -1168,6 +1276,7 @@ def _run(
         figures.append(pr.pop("_figures"))
         res["pairs"].append(pr)
     res["multiclass"] = _multiclass(ctx, stage)
+    res["tran_reference"] = _tran_reference(ctx, stage)
     res["summary"] = summarize(res, cfg)
     res["claims"] = evaluate_claims(res, cfg)
     res["seconds"] = time.time() - t0
@@ -1360,16 +1469,31 @@ def evaluate_claims(res: dict[str, Any], cfg: Saha2020Config) -> list[dict[str, 
     r_ours = sp["ours"]["found"] / max(sp["ours"]["poisons"], 1)
     r_bad = sp["badnets"]["found"] / max(sp["badnets"]["poisons"], 1)
     ac = summ["ac"]
+    tran = res.get("tran_reference")
+    measured = (
+        f"spectral signatures found {sp['ours']['found']} of {sp['ours']['poisons']} hidden-trigger poisons "
+        f"({pct(r_ours)}) and {sp['badnets']['found']} of {sp['badnets']['poisons']} BadNets poisons "
+        f"({pct(r_bad)}) with the frozen extractor, removing {cfg.spectral_factor:g}× the poison count from the "
+        f"target class; activation clustering found {ac['ours']['found']} of {ac['ours']['poisons']} and "
+        f"{ac['badnets']['found']} of {ac['badnets']['poisons']}"
+    )
+    criterion = "under half of ours found, over half of BadNets found"
+    if tran is not None:
+        r_bad = tran["spectral"]["found"] / tran["poisons"]
+        measured += (
+            f"; BadNets in Tran et al.'s setting (trained end to end on {tran['train_images']} images, "
+            f"{tran['poisons']} poisons = {pct(tran['poisons'] / (tran['clean_target'] + tran['poisons']))} of "
+            f"the target class, backdoor ASR {pct(tran['asr'])}): spectral signatures found "
+            f"{tran['spectral']['found']} of {tran['poisons']} (chance {tran['spectral']['chance']:.1f}), "
+            f"activation clustering {tran['ac']['found']} of {tran['poisons']}"
+        )
+        criterion += "; BadNets judged in Tran et al.'s end-to-end setting, the one the claim quotes"
     claims.append(
         _claim(
             "H5",
-            "Spectral signatures miss most hidden-trigger poisons while catching most BadNets poisons (criterion: "
-            "under half of ours found, over half of BadNets found)",
-            f"spectral signatures found {sp['ours']['found']} of {sp['ours']['poisons']} hidden-trigger poisons "
-            f"({pct(r_ours)}) and {sp['badnets']['found']} of {sp['badnets']['poisons']} BadNets poisons "
-            f"({pct(r_bad)}), removing 1.5× the poison count from the target class; activation clustering found "
-            f"{ac['ours']['found']} of {ac['ours']['poisons']} and {ac['badnets']['found']} of "
-            f"{ac['badnets']['poisons']}",
+            "Spectral signatures miss most hidden-trigger poisons while catching most BadNets poisons "
+            f"(criterion: {criterion})",
+            measured,
             "0 of 100 found in 8 of 10 pairs, 55 and 8 in the others (Table 8)",
             r_ours < 0.5 and r_bad > 0.5,
         )
@@ -1744,6 +1868,17 @@ def render_saha2020_report(res: dict[str, Any], figures: dict[str, str], cfg: Sa
         "(Tran et al. inspect a network trained end to end on the poisoned set, where BadNets poisons form their "
         "own direction).</p>"
     )
+    tran = res.get("tran_reference")
+    if tran is not None:
+        parts.append(
+            f"<p>BadNets in Tran et al.'s own setting: the architecture trained from scratch on "
+            f"{tran['train_images']} images with {tran['poisons']} poisons (source {tran['source']} stamped, "
+            f"labelled {tran['target']}; {tran['clean_target']} clean target images), held-out accuracy "
+            f"{100 * tran['clean_acc']:.1f} %, backdoor ASR {100 * tran['asr']:.1f} %. Spectral signatures "
+            f"removed {tran['spectral']['removed']} and found {tran['spectral']['found']} of {tran['poisons']} "
+            f"poisons (chance {tran['spectral']['chance']:.1f}); activation clustering flagged "
+            f"{tran['ac']['flagged']} and found {tran['ac']['found']}.</p>"
+        )
     parts.append("<h2>Fig. 2 — feature space before and after poisoning</h2>")
     parts.append(
         "<p class='note'>x: along the classifier weight difference w (target − source logit), the dashed line is "
