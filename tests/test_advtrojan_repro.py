@@ -63,10 +63,14 @@ def test_advtrojan_tiny_end_to_end(tmp_path, one_thread):
     assert "transferred_advtrojan" not in r["table5"]["vanilla"]
     assert 0.0 <= r["table5"]["atim"]["transferred_advtrojan"] <= 1.0 and r["table5"]["atim"]["n"] == 12
     # every model was trained (not cached), timed, and stored in the artefact cache
-    for name in ("vanilla", "robust", "atim", "badnets"):
+    for name in ("vanilla", "robust", "atim", "control", "badnets"):
         assert r["training"][name]["seconds"] > 0 and r["training"][name]["cached"] is False
     assert r["training"]["atim"]["init"] == "robust"
-    assert len(list((tmp_path / "cache" / "advtrojan-model").iterdir())) == 4
+    assert len(list((tmp_path / "cache" / "advtrojan-model").iterdir())) == 5
+    # A1's same-budget control: Madry-Adv trained on for the ATIM's epochs, evaluated like the others
+    assert r["training"]["control"]["epochs"] == r["training"]["atim"]["epochs"]
+    assert set(r["control"]) >= {"benign", "pgd", "trigger", "advtrojan"} and r["control"]["n"] == 12
+    assert "same start and budget" in res["claims"][0]["measured"]
     # the sweeps have one point per setting, STRIP a row per target FPR, NC a row per class
     assert len(r["sweeps"]["iterations"]["advtrojan"]) == 2 and len(r["sweeps"]["method"]["fgsm"]) == 3
     assert r["sweeps"]["eps"]["eps"][0] == 0.0
@@ -80,7 +84,7 @@ def test_advtrojan_tiny_end_to_end(tmp_path, one_thread):
     out = tmp_path / "reproductions" / "advtrojan-tiny"
     report = (out / "report.html").read_text()
     for needle in ("Table 2", "Table 3", "Table 4", "Table 5", "Fig. 4", "Fig. 5", "Fig. 6", "Fig. 7",
-                   "Fig. 8", "Fig. 9", "Eq. 10", "99.07 %", "expected lower"):  # fmt: skip
+                   "Fig. 8", "Fig. 9", "Eq. 10", "99.07 %", "expected lower", "Madry-Adv continued"):  # fmt: skip
         assert needle in report, needle
     assert res["report"] == str(out / "report.html")
     assert json.loads((out / "results.json").read_text())["runs"]["mnist5k tiny"]["table5"]["atim"]["n"] == 12
@@ -217,6 +221,13 @@ def test_claims_pass_and_fail_on_the_measured_figures():
     assert evaluate_claims(_results(trigger=0.71), ev)[1]["status"] == "FAIL"
     # an ATIM far less robust than the Madry-Adv model fails A1
     assert evaluate_claims(_results(atim_pgd=0.3), ev)[0]["status"] == "FAIL"
+    # with the same-budget control, A1 is judged against it (the plain Madry-Adv comparison stays beside it)
+    r = _results()
+    r["control"] = {"benign": 0.90, "pgd": 0.62}
+    a1 = evaluate_claims(r, ev)[0]
+    assert a1["status"] == "FAIL" and "same start and budget" in a1["measured"] and "Δ -9.0" in a1["measured"]
+    r["control"] = {"benign": 0.82, "pgd": 0.61}
+    assert evaluate_claims(r, ev)[0]["status"] == "PASS"
     # Neural Cleanse flagging the ATIM fails A4
     r = _results()
     r["neural_cleanse"]["atim"]["flagged"] = [3]
