@@ -37,7 +37,10 @@ def main() -> None:
         k: v for k, v in (("iterations", args.iterations), ("decay_every", args.decay_every)) if v is not None
     }
     if over:
-        cfg = cfg.model_copy(update={"attack": cfg.attack.model_copy(update=over)})
+        tag = "-".join(f"{k.replace('_', '-')}{v}" for k, v in over.items())
+        cfg = cfg.model_copy(
+            update={"attack": cfg.attack.model_copy(update=over), "name": f"{cfg.name}-{tag}"}
+        )
     t0 = time.time()
     res = run_saha2020(cfg, args.home, lambda s, d, t: print(f"[{d}/{t}] {s}", flush=True))
     minutes = (time.time() - t0) / 60
