@@ -432,12 +432,14 @@ def _train_models(
     )  # fmt: skip
     stage(f"{run.label}: train the Madry-Adv model")
 
+    def eq4(gen: int) -> Any:
+        return madry_objective(
+            s["eps"], r_step, r_steps, norm=s["norm"], random_start=True, gen=gen, mix=1.0 / (1.0 + r.mu)
+        )
+
     def make_robust() -> tuple[torch.nn.Module, list[dict]]:
         m = fresh()
-        obj = madry_objective(
-            s["eps"], r_step, r_steps, norm=s["norm"], random_start=True, gen=cfg.seed, mix=1.0 / (1.0 + r.mu)
-        )
-        h = fit(m, train, r_recipe, objective=obj, val=test, seed=cfg.seed, device=dev,
+        h = fit(m, train, r_recipe, objective=eq4(cfg.seed), val=test, seed=cfg.seed, device=dev,
                 progress=stage.sub("Madry-Adv"))  # fmt: skip
         return m, h
 
@@ -479,11 +481,7 @@ def _train_models(
 
         def make_control() -> tuple[torch.nn.Module, list[dict]]:
             m = copy.deepcopy(models["robust"]).cpu()
-            obj = madry_objective(
-                s["eps"], r_step, r_steps, norm=s["norm"], random_start=True, gen=cfg.seed + 1,
-                mix=1.0 / (1.0 + r.mu),
-            )  # fmt: skip
-            h = fit(m, train, a_recipe, objective=obj, val=test, seed=cfg.seed + 1, device=dev,
+            h = fit(m, train, a_recipe, objective=eq4(cfg.seed + 1), val=test, seed=cfg.seed + 1, device=dev,
                     progress=stage.sub("Madry-Adv continued"))  # fmt: skip
             return m, h
 
