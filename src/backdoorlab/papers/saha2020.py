@@ -754,6 +754,25 @@ def _splits(
     return out
 
 
+def _pretrain_data(ctx: _Context) -> ImageTensors:
+    """The disjoint pretraining split of every class."""
+    idx = torch.cat([ctx.splits[c]["pretrain"] for c in range(ctx.train.num_classes)]).sort().values
+    return ctx.train.subset(idx)
+
+
+def _pretrain_key(cfg: Saha2020Config, data: ImageTensors) -> str:
+    """Cache key of a network trained from scratch with the extractor's recipe on ``data``."""
+    return stable_hash(
+        {
+            "data": data.fingerprint(),
+            "model": cfg.model.model_dump(mode="json"),
+            "recipe": cfg.pretrain.model_dump(mode="json"),
+            "init": cfg.pretrain_init,
+            "seed": cfg.seed,
+        }
+    )
+
+
 def _fresh_model(cfg: Saha2020Config, exp: ExperimentConfig, data: ImageTensors) -> nn.Module:
     """The architecture before pretraining, with ``pretrain_init`` applied (He-normal weights, zero biases)."""
     model = build_model(exp, data)
@@ -778,18 +797,9 @@ def _feature_extractor(ctx: _Context) -> tuple[nn.Module, dict[str, Any]]:
     if cfg.pretrained is not None:
         model, card = load_pretrained(cfg.pretrained, "pretrained", ctx.train.shape, map_location=ctx.device)
         return model, {"source": str(cfg.pretrained), "sha256": card.sha256}
-    idx = torch.cat([ctx.splits[c]["pretrain"] for c in range(ctx.train.num_classes)]).sort().values
-    pre = ctx.train.subset(idx)
+    pre = _pretrain_data(ctx)
     exp = ExperimentConfig(seed=cfg.seed, data=cfg.data, model=cfg.model, attack=None, train=cfg.pretrain)
-    key = stable_hash(
-        {
-            "data": pre.fingerprint(),
-            "model": cfg.model.model_dump(mode="json"),
-            "recipe": cfg.pretrain.model_dump(mode="json"),
-            "init": cfg.pretrain_init,
-            "seed": cfg.seed,
-        }
-    )
+    key = _pretrain_key(cfg, pre)
     test_idx = torch.cat([ctx.splits[c]["val"] for c in range(ctx.test.num_classes)])
     held_out = ctx.test.subset(test_idx.sort().values)
 
@@ -1037,35 +1047,45 @@ def _detection(
     """Table 8: spectral signatures (1.5× the poison count removed) and activation clustering on the target
     class of the poisoned fine-tuning set (representations at the feature layer of the victim, which is the
     frozen extractor's), for the hidden-trigger poisons and for BadNets poisons at the same count."""
-    cfg = ctx.cfg
     out: dict[str, Any] = {}
     for name, z in (("ours", ours), ("badnets", badnets)):
-        reps = torch.cat([clean_target, z])
-        n, k = len(reps), len(z)
-        is_poison = torch.zeros(n, dtype=torch.bool)
-        is_poison[-k:] = True
-        ss = SpectralSignatures(removal_factor=cfg.spectral_factor, expected_rate=k)
-        remove = ss.removal_count(n)
-        top = torch.topk(spectral_scores(reps), remove).indices
-        found = int(is_poison[top].sum())
-        ac = ActivationClustering(dims=cfg.ac_dims, method=cfg.ac_method, seed=cfg.seed)
-        flagged, details = ac.analyse(reps)
-        ac_found = int(is_poison[flagged].sum()) if len(flagged) else 0
         out[name] = {
             "clean_target": len(clean_target),
             "clean_source": n_source,
-            "poisons": k,
-            "spectral": {"removed": remove, "found": found, "clean_removed": remove - found},
-            "ac": {
-                "flagged": len(flagged),
-                "found": ac_found,
-                "clean_removed": len(flagged) - ac_found,
-                "poisoned_class": bool(details.get("poisoned", False)),
-                "relative_size": details.get("relative_size"),
-                "silhouette": details.get("silhouette"),
-            },
+            "poisons": len(z),
+            **_detect(ctx.cfg, clean_target, z),
         }
     return out
+
+
+def _detect(cfg: Saha2020Config, clean: torch.Tensor, poisons: torch.Tensor) -> dict[str, Any]:
+    """Spectral signatures (``spectral_factor`` × the poison count removed) and activation clustering on one
+    class's representations, ``clean`` rows followed by ``poisons`` rows: how many poisons each finds."""
+    reps = torch.cat([clean, poisons])
+    n, k = len(reps), len(poisons)
+    is_poison = torch.zeros(n, dtype=torch.bool)
+    is_poison[-k:] = True
+    remove = SpectralSignatures(removal_factor=cfg.spectral_factor, expected_rate=k).removal_count(n)
+    found = int(is_poison[torch.topk(spectral_scores(reps), remove).indices].sum())
+    ac = ActivationClustering(dims=cfg.ac_dims, method=cfg.ac_method, seed=cfg.seed)
+    flagged, details = ac.analyse(reps)
+    ac_found = int(is_poison[flagged].sum()) if len(flagged) else 0
+    return {
+        "spectral": {
+            "removed": remove,
+            "found": found,
+            "clean_removed": remove - found,
+            "chance": remove * k / n,
+        },
+        "ac": {
+            "flagged": len(flagged),
+            "found": ac_found,
+            "clean_removed": len(flagged) - ac_found,
+            "poisoned_class": bool(details.get("poisoned", False)),
+            "relative_size": details.get("relative_size"),
+            "silhouette": details.get("silhouette"),
+        },
+    }
 
 
 def _tran_reference(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
@@ -1086,8 +1106,7 @@ def _tran_reference(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
     trig = ctx.trigger(0, cfg.trigger_size)
     src = ctx.train.float01(ctx.splits[s]["pool"][:k])
     poisons = ImageTensors.quantize(stamp(src, trig, gen=make_generator(cfg.seed + 17)))
-    idx = torch.cat([ctx.splits[c]["pretrain"] for c in range(ctx.train.num_classes)]).sort().values
-    pre = ctx.train.subset(idx)
+    pre = _pretrain_data(ctx)
     data = ImageTensors(
         torch.cat([pre.images.cpu(), poisons]),
         torch.cat([pre.labels.cpu(), torch.full((k,), t, dtype=torch.long)]),
@@ -1095,15 +1114,7 @@ def _tran_reference(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
         name=f"{pre.name}+badnets",
     )
     exp = ExperimentConfig(seed=cfg.seed, data=cfg.data, model=cfg.model, attack=None, train=cfg.pretrain)
-    key = stable_hash(
-        {
-            "data": data.fingerprint(),
-            "model": cfg.model.model_dump(mode="json"),
-            "recipe": cfg.pretrain.model_dump(mode="json"),
-            "init": cfg.pretrain_init,
-            "seed": cfg.seed,
-        }
-    )
+    key = _pretrain_key(cfg, data)
 
     def write(folder: Path) -> None:
         model = _fresh_model(cfg, exp, data)
@@ -1120,13 +1131,6 @@ def _tran_reference(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
     model.eval()
     clean_t = pre.images[pre.labels.cpu() == t]
     reps = layer_outputs(model, torch.cat([clean_t.cpu(), poisons]), [ctx.feature_layer])[ctx.feature_layer]
-    n = len(reps)
-    is_poison = torch.zeros(n, dtype=torch.bool)
-    is_poison[-k:] = True
-    remove = SpectralSignatures(removal_factor=cfg.spectral_factor, expected_rate=k).removal_count(n)
-    found = int(is_poison[torch.topk(spectral_scores(reps), remove).indices].sum())
-    ac = ActivationClustering(dims=cfg.ac_dims, method=cfg.ac_method, seed=cfg.seed)
-    flagged, details = ac.analyse(reps)
     val_s = ctx.test.float01(ctx.splits[s]["val"])
     val_idx = torch.cat([ctx.splits[c]["val"] for c in range(ctx.test.num_classes)]).sort().values
     with torch.no_grad():
@@ -1143,12 +1147,7 @@ def _tran_reference(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
         "train_images": len(data),
         "asr": asr,
         "clean_acc": float((logits.argmax(1) == held.labels.cpu()).float().mean()),
-        "spectral": {"removed": remove, "found": found, "chance": remove * k / n},
-        "ac": {
-            "flagged": len(flagged),
-            "found": int(is_poison[flagged].sum()) if len(flagged) else 0,
-            "poisoned_class": bool(details.get("poisoned", False)),
-        },
+        **_detect(cfg, reps[: len(clean_t)], reps[len(clean_t) :]),
         "seconds": card.extra.get("seconds"),
         "cached": hit,
     }
