@@ -130,6 +130,11 @@ def test_packaged_advtrojan_recipes_validate():
         128,
     )
     assert ev.sweep_iterations == (1, 5, 10, 50, 100, 500, 1000)
+    # the CPU recipe on all of Fashion-MNIST: the paper's data and LeNet, the ATIM on top of Madry-Adv + control
+    full = load_advtrojan_config(recipe_path("advtrojan", "fmnist-full"))
+    (run,) = full.runs
+    assert run.paper == "fashion-mnist" and run.data.train_per_class is None and run.model.name == "lenet"
+    assert run.atim.init == "robust" and run.atim.control and small.runs[0].atim.control
 
 
 # -- Eq. 10 --------------------------------------------------------------------------------------------------
