@@ -197,9 +197,11 @@ def _recipe(cfg: Turner2019Config, augment: bool) -> TrainRecipe:
     return cfg.train.model_copy(update={"crop_padding": cfg.augment_padding, "flip": True})
 
 
-def _experiment(
+def victim_config(
     cfg: Turner2019Config, label: str, spec: dict[str, Any], target: int, rate: float
 ) -> ExperimentConfig:
+    """The experiment that trains one victim of the reproduction: ``variants(cfg)[label]`` poisoning ``rate`` of
+    class ``target`` (the same config, hence the same cached victim, as :func:`run_turner2019` uses)."""
     return ExperimentConfig(
         name=f"{cfg.name}: {label}, class {target}, {100 * rate:g} %",
         seed=cfg.seed,
@@ -254,7 +256,7 @@ def run_turner2019(
     res: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "asr": {}, "clean_acc": {}, "runs": {}}
     stage(f"{len(jobs)} victims and 2 clean references" + (f" on {workers} workers" if workers > 1 else ""))
     configs = [_clean_config(cfg, aug) for aug in (False, True)]
-    configs += [_experiment(cfg, label, specs[label], target, rate) for label, target, rate in jobs]
+    configs += [victim_config(cfg, label, specs[label], target, rate) for label, target, rate in jobs]
     plain, augmented, *records = run_experiments(
         configs, ws, workers=workers, progress=progress, label="turner2019: victims"
     )
@@ -313,7 +315,7 @@ def _filter_study(cfg: Turner2019Config, ws: Workspace, specs: dict[str, dict[st
     pick = ("baseline", f"GAN τ={cfg.main_tau:g}", f"PGD L2 ε={cfg.main_l2_eps:g}")
     for label in pick:
         run = run_experiment(
-            _experiment(cfg, label, specs[label], cfg.main_class, cfg.filter_clean_label_rate),
+            victim_config(cfg, label, specs[label], cfg.main_class, cfg.filter_clean_label_rate),
             ws,
             report=False,
         )
@@ -699,4 +701,5 @@ __all__ = [
     "load_turner2019_config",
     "run_turner2019",
     "variants",
+    "victim_config",
 ]
