@@ -233,6 +233,12 @@ def test_claims_pass_and_fail_on_the_measured_figures():
     assert a1["status"] == "FAIL" and "same start and budget" in a1["measured"] and "Δ -9.0" in a1["measured"]
     r["control"] = {"benign": 0.82, "pgd": 0.61}
     assert evaluate_claims(r, ev)[0]["status"] == "PASS"
+    # a gap of exactly the margin counts (49 % vs 59 % is 10 points, although 0.59 - 0.10 < 0.49 in floats)
+    r = _results()
+    r["sweeps"]["transfer"]["Vanilla"], r["sweeps"]["eps"]["madry"][-1] = 0.49, 0.59
+    assert evaluate_claims(r, ev)[2]["status"] == "PASS"
+    r["sweeps"]["transfer"]["Vanilla"] = 0.50
+    assert evaluate_claims(r, ev)[2]["status"] == "FAIL"
     # Neural Cleanse flagging the ATIM fails A4
     r = _results()
     r["neural_cleanse"]["atim"]["flagged"] = [3]
