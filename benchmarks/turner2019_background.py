@@ -6,7 +6,9 @@ rate (trained and cached by the reproduction; trained here if missing) and measu
 
 - how far the poisons' background (pixels ≤ 10/255 in the clean image, trigger corner excluded) was lifted;
 - the victim's ASR when the test images' background is lifted by 0, 8, 18 and 32 /255 before the trigger is
-  stamped, and how many untriggered non-target images the same lift alone sends to the target.
+  stamped, and how many untriggered non-target images the same lift alone sends to the target;
+- how often the trigger's corner is black in the test images (where the reduced-amplitude trigger loses its
+  subtracted cells to clipping).
 
 A victim whose ASR rises with the lift learned "lifted background + trigger", not the trigger. This is a
 diagnostic of the reproduction, not a claim of the paper. Writes ``benchmarks/results/turner2019_background.md``.
@@ -83,6 +85,8 @@ def main() -> None:
         print(
             label, f"background lift {lift:.1f}/255", [f"{100 * a:.1f}" for a, _ in rows[-1][3]], flush=True
         )
+    corner = res.test.images[:, :, -3:, -3:].cpu()
+    black = float((corner <= BLACK).float().mean())
     head = " | ".join(f"ASR, background +{v}" for v in LIFTS)
     lines = [
         f"# Turner T3 probe: what the victims learn from the poisons' background (`turner2019-small`, class "
@@ -100,6 +104,10 @@ def main() -> None:
         cells = " | ".join(f"{100 * a:.1f} % ({100 * b:.1f} %)" for a, b in res)
         lines.append(f"| {label} | {lift:+.1f} | {100 * share:.0f} % | {cells} |")
     lines += [
+        "",
+        f"The trigger's 3×3 corner is black (≤ {BLACK}/255) in {100 * black:.1f} % of the test images' pixels. Turner's "
+        "reduced-amplitude trigger subtracts the amplitude on the pattern's 5 black cells and clips, so on this "
+        "data only its 4 white cells show (at +amplitude), 4 of the 9 cells a natural-image corner would show.",
         "",
         f"Command: `python benchmarks/turner2019_background.py` ({(time.time() - t0) / 60:.1f} min on this machine; "
         "victims from the reproduction's workspace cache).",
