@@ -419,9 +419,10 @@ def evaluate_claims(res: dict[str, Any], cfg: Turner2019Config) -> list[dict[str
     )
     # T4 — GAN τ = 0.2 between baseline and PGD
     gan_label = f"GAN τ={cfg.main_tau:g}"
-    gan = _mean([_asr(res, gan_label, c, r) for c in every for r in _measured(res, gan_label, c, mid)])
-    pgd = _mean([_asr(res, pgd_label, c, r) for c in every for r in mid])
-    bas = _mean([base[c][r] for c in every for r in mid])
+    cells = [(c, r) for c in every for r in _measured(res, gan_label, c, mid)]  # where GAN ran: compare there
+    gan = _mean([_asr(res, gan_label, c, r) for c, r in cells])
+    pgd = _mean([_asr(res, pgd_label, c, r) for c, r in cells])
+    bas = _mean([base[c][r] for c, r in cells])
     claims.append(
         _claim(
             "T4",
