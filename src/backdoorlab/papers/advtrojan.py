@@ -83,7 +83,7 @@ MODEL_NAMES = {
     "vanilla": "Vanilla",
     "robust": "Madry-Adv",
     "atim": "ATIM",
-    "control": "Madry-Adv continued (A1 control)",
+    "control": "Madry-Adv continued",
     "badnets": "BadNets (reference)",
 }
 # §4: "we select 0.75 for testing in MNIST and FMNIST and 1 for the rest of poisoned training and test"
@@ -162,6 +162,11 @@ class AtimConfig(_Strict):
     )
     weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     trigger_fraction: float = Field(1.0, gt=0, le=1)
+
+    @property
+    def trains_control(self) -> bool:
+        """Whether the run also trains A1's same-budget Madry-Adv control (only on top of Madry-Adv)."""
+        return self.init == "robust" and self.control
 
 
 class BadNetsReference(_Strict):
@@ -472,7 +477,7 @@ def _train_models(
     models["atim"], records["atim"] = _cached_model(ws, a_key, "atim", make_atim, train.classes, dev)
 
     # A1's control: Madry-Adv continued from the ATIM's start for the ATIM's recipe (only the objective differs)
-    if a.init == "robust" and a.control:
+    if a.trains_control:
         c_key = stable_hash(
             {**base, "kind": "madry-adv-continued", "init_key": r_key, "train": a_recipe.model_dump(mode="json"),
              "eps": s["eps"], "step": r_step, "steps": r_steps, "norm": s["norm"], "mu": r.mu}
@@ -753,9 +758,10 @@ def _closest(values: list[int] | list[float], want: float) -> int:
     return min(range(len(values)), key=lambda i: (abs(values[i] - want), values[i]))
 
 
-# accuracies are counts over a few hundred images: a gap of exactly the tolerance must not fail on float rounding
-# (0.59 − 0.10 is 0.48999999999999994 < 0.49)
-_ULP = 1e-9
+def _at_most(value: float, limit: float) -> bool:
+    """``value ≤ limit`` for accuracies (counts over a few hundred images): a gap of exactly the tolerance must
+    not fail on float rounding (0.59 − 0.10 is 0.48999999999999994 < 0.49)."""
+    return value <= limit + 1e-9
 
 
 def evaluate_claims(r: dict[str, Any], ev: EvalConfig) -> list[dict[str, Any]]:
@@ -770,7 +776,7 @@ def evaluate_claims(r: dict[str, Any], ev: EvalConfig) -> list[dict[str, Any]]:
             f"ATIM benign {_pct(atim['benign'])} vs {name} {_pct(ref['benign'])} (Δ {100 * d_ben:+.1f}); PGD "
             f"{_pct(atim['pgd'])} vs {_pct(ref['pgd'])} (Δ {100 * d_pgd:+.1f})"
         )
-        return text, abs(d_ben) <= ev.a1_tolerance + _ULP and abs(d_pgd) <= ev.a1_tolerance + _ULP
+        return text, _at_most(abs(d_ben), ev.a1_tolerance) and _at_most(abs(d_pgd), ev.a1_tolerance)
 
     measured, ok = gap(rob, "Madry-Adv")
     control = r.get("control")
@@ -796,7 +802,7 @@ def evaluate_claims(r: dict[str, Any], ev: EvalConfig) -> list[dict[str, Any]]:
             f"benign {_pct(atim['benign'])} (Δ {100 * d_trig:+.1f}, tolerance ±{100 * ev.trigger_tolerance:g})",
             "AdvTrojan 1.03 % / 0.52 % / 2.75 % (MNIST / FMNIST / CIFAR-10); the trigger alone keeps the "
             "benign accuracy (App. D)",
-            atim["advtrojan"] < 0.05 and abs(d_trig) <= ev.trigger_tolerance + _ULP,
+            atim["advtrojan"] < 0.05 and _at_most(abs(d_trig), ev.trigger_tolerance),
         )
     )
     sw = r["sweeps"]
@@ -814,7 +820,7 @@ def evaluate_claims(r: dict[str, Any], ev: EvalConfig) -> list[dict[str, Any]]:
         "FGSM": (sw["method"]["fgsm"][-1], madry_full),
         "BIM": (sw["method"]["bim"][-1], madry_full),
     }
-    ok3 = all(a <= b - ev.a3_margin + _ULP for a, b in checks.values())
+    ok3 = all(_at_most(a, b - ev.a3_margin) for a, b in checks.values())
     claims.append(
         _claim(
             "A3",
@@ -1050,30 +1056,29 @@ def _run_section(run: DatasetRun, r: dict[str, Any], figs: dict[str, str], ev: E
         f"{r['perturbation']['step']:g}, {r['perturbation']['steps']} iterations, random start; trigger "
         f"intensity {r['test_intensity']:g} at test time (§4), 1 in training.</p>",
     ]  # fmt: skip
-    rows = []
-    for key, label in (
-        ("benign", "Benign-Exps"),
-        ("pgd", "Madry-Exps"),
-        ("trigger", "Trigger only"),
-        ("advtrojan", "AdvTrojan"),
-        ("transferred_advtrojan", "Transferred AdvTrojan"),
-    ):
-        rows.append([label, *(_fmt(t5[m].get(key)) for m in MODELS), _fmt(p["table5"].get(key))])
+    # one column per model; A1's control (not certified) joins when it was trained
+    ctl = r.get("control")
+    columns = {m: t5[m] for m in MODELS} | ({"control": ctl} if ctl is not None else {})
     cert = r["certified"]
+    rows = [
+        [label, *(_fmt(v.get(key)) for v in columns.values()), _fmt(p["table5"].get(key))]
+        for key, label in (
+            ("benign", "Benign-Exps"),
+            ("pgd", "Madry-Exps"),
+            ("trigger", "Trigger only"),
+            ("advtrojan", "AdvTrojan"),
+            ("transferred_advtrojan", "Transferred AdvTrojan"),
+        )
+    ]
     rows.insert(
         4,
         [
             "AdvTrojan + Certified Acc (Eq. 10)",
-            *(_fmt(cert[m]["advtrojan"]["certified_acc"]) for m in MODELS),
+            *(_fmt(cert[m]["advtrojan"]["certified_acc"]) if m in cert else "—" for m in columns),
             _fmt(p["table5"]["certified"]),
         ],
     )
-    ctl = r.get("control")
-    if ctl is not None:
-        for row, key in zip(rows, ("benign", "pgd", "trigger", "advtrojan", None, "transferred_advtrojan"),
-                            strict=True):  # fmt: skip
-            row.insert(-1, _fmt(ctl.get(key)) if key else "—")
-    head = ["examples", "Vanilla", "Madry-Adv", "ATIM"] + (["Madry-Adv continued"] if ctl is not None else [])
+    head = ["examples", *(MODEL_NAMES[m] for m in columns)]
     parts += [
         f"<h3>Table 5 — test accuracy ({t5['atim']['n']} test images)</h3>",
         table([*head, f"paper ATIM ({p['title']})"], rows),
@@ -1234,7 +1239,7 @@ def run_advtrojan(
         raise BackdoorLabError(f"cfg must be an AdvTrojanConfig, got {type(cfg).__name__}")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     t0 = time.time()
-    controls = sum(2 for r in cfg.runs if r.atim.init == "robust" and r.atim.control)  # train + Table 5
+    controls = sum(2 for r in cfg.runs if r.atim.trains_control)  # train + Table 5
     stage = Stages("advtrojan", progress, total=STAGES_PER_RUN * len(cfg.runs) + controls + 1)
     res: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "runs": {}, "claims": []}
     figures: dict[str, dict[str, str]] = {}
