@@ -87,6 +87,7 @@ from backdoorlab.experiments.config import (
 from backdoorlab.experiments.report import figure_png, image_grid, report_page, table
 from backdoorlab.experiments.runner import StageProgress, Workspace, build_model
 from backdoorlab.fileio import write_atomic
+from backdoorlab.metrics import predict_logits
 from backdoorlab.papers.claims import claims_table
 from backdoorlab.papers.stages import Stages, torch_threads
 from backdoorlab.training import TrainRecipe, fit, resolve_device
@@ -760,6 +761,12 @@ def _pretrain_data(ctx: _Context) -> ImageTensors:
     return ctx.train.subset(idx)
 
 
+def _held_out(ctx: _Context) -> ImageTensors:
+    """The validation images of every class (the test split's ``val`` sets)."""
+    idx = torch.cat([ctx.splits[c]["val"] for c in range(ctx.test.num_classes)]).sort().values
+    return ctx.test.subset(idx)
+
+
 def _pretrain_key(cfg: Saha2020Config, data: ImageTensors) -> str:
     """Cache key of a network trained from scratch with the extractor's recipe on ``data``."""
     return stable_hash(
@@ -800,8 +807,7 @@ def _feature_extractor(ctx: _Context) -> tuple[nn.Module, dict[str, Any]]:
     pre = _pretrain_data(ctx)
     exp = ExperimentConfig(seed=cfg.seed, data=cfg.data, model=cfg.model, attack=None, train=cfg.pretrain)
     key = _pretrain_key(cfg, pre)
-    test_idx = torch.cat([ctx.splits[c]["val"] for c in range(ctx.test.num_classes)])
-    held_out = ctx.test.subset(test_idx.sort().values)
+    held_out = _held_out(ctx)
 
     def write(folder: Path) -> None:
         model = _fresh_model(cfg, exp, pre)
@@ -1131,14 +1137,10 @@ def _tran_reference(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
     model.eval()
     clean_t = pre.images[pre.labels.cpu() == t]
     reps = layer_outputs(model, torch.cat([clean_t.cpu(), poisons]), [ctx.feature_layer])[ctx.feature_layer]
-    val_s = ctx.test.float01(ctx.splits[s]["val"])
-    val_idx = torch.cat([ctx.splits[c]["val"] for c in range(ctx.test.num_classes)]).sort().values
-    with torch.no_grad():
-        dev = _device_of(model)
-        asr = float((model(stamp(val_s, trig, gen=make_generator(cfg.seed)).to(dev)).argmax(1).cpu() == t)
-                    .float().mean())  # fmt: skip
-    held = ctx.test.subset(val_idx)
-    logits = layer_outputs(model, held.images, [model.head_layer])[model.head_layer]
+    held = _held_out(ctx)
+    patched = stamp(ctx.test.float01(ctx.splits[s]["val"]), trig, gen=make_generator(cfg.seed))
+    asr = float((predict_logits(model, patched).argmax(1).cpu() == t).float().mean())
+    clean_acc = float((predict_logits(model, held).argmax(1).cpu() == held.labels.cpu()).float().mean())
     return {
         "source": s,
         "target": t,
@@ -1146,7 +1148,7 @@ def _tran_reference(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
         "clean_target": len(clean_t),
         "train_images": len(data),
         "asr": asr,
-        "clean_acc": float((logits.argmax(1) == held.labels.cpu()).float().mean()),
+        "clean_acc": clean_acc,
         **_detect(cfg, reps[: len(clean_t)], reps[len(clean_t) :]),
         "seconds": card.extra.get("seconds"),
         "cached": hit,
