@@ -256,3 +256,21 @@ def test_attack_input_errors():
         HiddenTrigger(net, None, square(2), 0, 1, count=6, iterations=1).poison(train, torch.Generator())
     with pytest.raises(BackdoorLabError, match="larger than the 8×8"):
         HiddenTrigger(net, None, square(9), 0, 1, count=2, iterations=1).poison(train, torch.Generator())
+
+
+def test_attack_batch_size_above_the_poison_count_is_one_batch_not_a_clamp():
+    """``batch_size`` (K) above the generated count only caps the mini-batch: one batch holding every poison,
+    the same poisons as K = count; the count itself is never lowered (too many poisons raise, naming it)."""
+    train = _train()
+    net = Net()
+    kw = dict(iterations=3, lr=0.05, step="sign")
+    big = HiddenTrigger(net, None, square(2), 0, 1, 3, batch_size=50, **kw)
+    exact = HiddenTrigger(net, None, square(2), 0, 1, 3, batch_size=3, **kw)
+    a = big.poison(train, torch.Generator().manual_seed(2))
+    b = exact.poison(train, torch.Generator().manual_seed(2))
+    assert big.last_result is not None and len(big.last_result.iterations) == 1
+    assert len(a.poison_idx) == 3 and torch.equal(a.data.images, b.data.images)
+    with pytest.raises(BackdoorLabError, match=r"needs 40 target-class images \(count 20 × oversample 2\)"):
+        HiddenTrigger(net, None, square(2), 0, 1, 20, oversample=2.0, batch_size=50, **kw).poison(
+            train, torch.Generator()
+        )

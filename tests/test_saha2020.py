@@ -17,10 +17,13 @@ from backdoorlab.models import create_model
 from backdoorlab.papers.saha2020 import (
     PoisonSettings,
     Saha2020Config,
+    check_layer_fields,
     check_tail_chain,
+    evaluate_claims,
     layer_outputs,
     load_saha2020_config,
     patched_scores,
+    poisons_keep_target_label,
     run_saha2020,
     train_victim,
     trigger_distance,
@@ -80,6 +83,11 @@ def test_tiny_end_to_end_and_cache(tmp_path: Path) -> None:
     # H1 ingredients: every poison within its ε on the 8-bit grid, the trigger absent from the training set
     assert pair["h1"]["ablation_eps_ok"] and pair["h1"]["max_linf_255"] <= 16
     assert pair["h1"]["trigger_rms_training"] > 8 > pair["h1"]["trigger_rms_badnets"]
+    assert pair["h1"]["labels_target"] is True  # measured: every kept poison carries the target label
+    mislabelled = copy.deepcopy(saved)
+    mislabelled["pairs"][0]["h1"]["labels_target"] = False
+    h1 = evaluate_claims(mislabelled, cfg)[0]
+    assert h1["status"] == "FAIL" and "training set): False" in h1["measured"]
     # random placement: `locations` draws per validation image, their spread reported
     assert len(pair["poisoned_model"]["per_location"]) == 2
     assert set(pair["counts"]) == {"1", "2", "4"} and set(pair["eps"]) == {"8", "16"}
@@ -146,6 +154,50 @@ def test_config_errors_are_named(over: dict, match: str) -> None:
             {k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for k, v in over.items()}
         )
         parse_config_model(raw, Saha2020Config)
+
+
+def _parse(**over) -> Saha2020Config:
+    from backdoorlab.experiments.config import parse_config_model
+
+    raw = tiny().model_dump(mode="json")
+    raw.update({k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for k, v in over.items()})
+    return parse_config_model(raw, Saha2020Config)
+
+
+def test_too_few_attacker_images_fail_at_validation() -> None:
+    """One attacker target image per generated poison: a pair generates max(max(poison_counts), poisons ×
+    oversample), the multi-source run multisource_poisons × oversample; too many fail before any pretraining."""
+    with pytest.raises(
+        BackdoorLabError, match=r"poisons × attack\.oversample = 2 × 3 = 6.*poison_per_class = 4"
+    ):
+        _parse(attack=PoisonSettings(iterations=2, batch_size=4, oversample=3.0))
+    with pytest.raises(BackdoorLabError, match=r"max\(poison_counts\) = 8.*raise poison_per_class to 8"):
+        _parse(poison_counts=(1, 2, 8))
+    with pytest.raises(BackdoorLabError, match=r"multisource_poisons × attack\.oversample = 3 × 2 = 6"):
+        _parse(multisource_poisons=3, attack=PoisonSettings(iterations=2, batch_size=4, oversample=2.0))
+    # oversample multiplies poisons only: the counts up to 4 are subsets of the 4 generated
+    assert _parse(attack=PoisonSettings(iterations=2, batch_size=4, oversample=2.0)).poison_per_class == 4
+    # no multi-source run with two classes: its count is not checked
+    assert _parse(multiclass_classes=None, multisource_poisons=9).multisource_poisons == 9
+
+
+def test_layer_errors_name_the_config_field(tmp_path: Path) -> None:
+    with pytest.raises(
+        BackdoorLabError, match=r"conv_layer 'conv9' is not a module.*valid names: .*conv2_relu"
+    ):
+        run_saha2020(tiny(conv_layer="conv9"), tmp_path)  # raised on the architecture, before pretraining
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    model = create_model("lenet", in_channels=3, num_classes=10, input_size=12)
+    with pytest.raises(BackdoorLabError, match=r"feature_layer 'fc7' is not a module.*valid names"):
+        check_layer_fields(model, tiny(feature_layer="fc7"))
+    check_layer_fields(model, tiny(feature_layer="fc1_relu"))  # valid names pass
+
+
+def test_poisons_keep_target_label_is_measured() -> None:
+    assert poisons_keep_target_label(torch.tensor([7, 7, 7]), 7)
+    assert not poisons_keep_target_label(torch.tensor([7, 2, 7]), 7)  # one poison relabelled
+    assert not poisons_keep_target_label(torch.ones(3, dtype=torch.long), 0)
+    assert not poisons_keep_target_label(torch.empty(0, dtype=torch.long), 1)  # nothing measured
 
 
 def test_run_time_errors_are_named(tmp_path: Path) -> None:

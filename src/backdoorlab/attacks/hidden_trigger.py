@@ -708,6 +708,9 @@ class HiddenTrigger:
                 f"the {'pool' if self.pool is not None else 'training set'} has no image of source classes {list(self.sources)}"
             )
         bases = base_set.float01(chosen.to(base_set.device))
+        # The poison count n_gen was checked against the target images above and is never lowered; min() only
+        # caps the mini-batch size K at n_gen, i.e. one (short) batch holding every poison, as generate_poisons'
+        # last batch does: a batching cap, not a K clamp.
         result = generate_poisons(
             self.model,
             self.layer,

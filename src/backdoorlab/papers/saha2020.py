@@ -71,7 +71,12 @@ from backdoorlab.analysis.feature_plane import (
     head_direction,
     plot_feature_planes,
 )
-from backdoorlab.attacks.hidden_trigger import generate_poisons, quantize_within, resolve_feature_layer
+from backdoorlab.attacks.hidden_trigger import (
+    generate_poisons,
+    layer_names,
+    quantize_within,
+    resolve_feature_layer,
+)
 from backdoorlab.data.registry import load_dataset
 from backdoorlab.data.tensors import ImageTensors, make_generator
 from backdoorlab.defenses.activation_clustering import ActivationClustering
@@ -235,6 +240,7 @@ class Saha2020Config(BaseModel):
             raise ValueError(f"ablation_patch must include the reference trigger_size {self.trigger_size}")
         if self.poisons not in self.poison_counts:
             raise ValueError(f"poison_counts must include the reference count poisons = {self.poisons}")
+        self._check_attacker_images()
         if any(e > 255 for e in self.ablation_eps):
             raise ValueError("ablation_eps values are on the 0–255 scale (at most 255)")
         if self.tran_reference and self.pretrained is not None:
@@ -248,6 +254,54 @@ class Saha2020Config(BaseModel):
                 f"poison_per_class = {self.poison_per_class}; lower tran_poisons or raise poison_per_class"
             )
         return self
+
+    def _check_attacker_images(self) -> None:
+        """Each generation takes one target image of the attacker's split per poison (``poison_per_class``):
+        fail at validation, not after the extractor is pretrained, when a run would need more."""
+        os_ = self.attack.oversample
+        ref = generated_count(self.poisons, os_)
+        need = reference_count(self)
+        if need > self.poison_per_class:
+            raise ValueError(
+                f"each pair generates {need} poisons (the larger of max(poison_counts) = "
+                f"{max(self.poison_counts)} and poisons × attack.oversample = {self.poisons} × {os_:g} = {ref}), "
+                "one per target image of the attacker's split, and max(poison_counts) BadNets poisons from its "
+                f"source images, but poison_per_class = {self.poison_per_class}; raise poison_per_class to "
+                f"{need} or lower poisons / poison_counts / attack.oversample"
+            )
+        if multisource_runs(self):
+            n_ms = self.multisource_poisons or self.poisons
+            n_gen = generated_count(n_ms, os_)
+            if n_gen > self.poison_per_class:
+                raise ValueError(
+                    f"the multi-source run (§4.7) generates multisource_poisons × attack.oversample = {n_ms} × "
+                    f"{os_:g} = {n_gen} poisons, one per target image of the attacker's split, but "
+                    f"poison_per_class = {self.poison_per_class}; raise poison_per_class to {n_gen} or lower "
+                    "multisource_poisons (None: poisons) / attack.oversample"
+                )
+
+
+def generated_count(count: int, oversample: float) -> int:
+    """How many poisons are generated to keep the ``count`` lowest-loss ones (§4.1: 400 for 100)."""
+    return max(count, round(count * oversample))
+
+
+def reference_count(cfg: Saha2020Config) -> int:
+    """Size of a pair's reference poison set: the Table 2–4 counts are its lowest-loss subsets, and it also
+    covers the ``poisons × oversample`` of the ablation sets (attacker target images one pair needs)."""
+    return max(max(cfg.poison_counts), generated_count(cfg.poisons, cfg.attack.oversample))
+
+
+def multiclass_classes(cfg: Saha2020Config) -> list[int]:
+    """§4.7's classes: ``multiclass_classes``, else the union of the pairs' classes."""
+    return list(cfg.multiclass_classes or sorted({c for p in cfg.pairs for c in p}))
+
+
+def multisource_runs(cfg: Saha2020Config) -> bool:
+    """Whether §4.7's multi-source poisons are generated (as :func:`_multiclass` decides): at least 3 classes,
+    the first pair's target among them."""
+    classes = multiclass_classes(cfg)
+    return len(classes) >= 3 and cfg.pairs[0][1] in classes
 
 
 def load_saha2020_config(path: str | Path) -> Saha2020Config:
@@ -520,6 +574,27 @@ def trigger_distance(images: torch.Tensor, trigger: Trigger) -> float:
     return math.sqrt(best / msum) * 255.0
 
 
+def check_layer_fields(model: nn.Module, cfg: Saha2020Config) -> None:
+    """Raise a named error, naming the config field and listing the valid names, when ``feature_layer`` or
+    ``conv_layer`` is not a module of ``model`` (checked before pretraining, so a typo costs nothing)."""
+    for field, name in (("feature_layer", cfg.feature_layer), ("conv_layer", cfg.conv_layer)):
+        if name is None or name in layer_names(model):
+            continue
+        hint = "; or set conv_layer: null to skip Table 5" if field == "conv_layer" else ""
+        raise BackdoorLabError(
+            f"{field} {name!r} is not a module of this {type(model).__name__}; valid names: "
+            f"{', '.join(layer_names(model)) or '(no named modules)'}{hint}"
+        )
+
+
+def poisons_keep_target_label(labels: torch.Tensor, target: int) -> bool:
+    """H1's "correctly labelled": every poison's label is the target class (clean-label poisons are target
+    images). ``labels`` are the poisons' labels (in the victim's training set, or their base images'); an empty
+    tensor measures nothing and gives False."""
+    labels = torch.as_tensor(labels)
+    return bool(labels.numel() > 0 and bool((labels.cpu() == target).all()))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------------------
@@ -540,10 +615,9 @@ class _Context:
                 )
         if cfg.pretrained is None:  # check the layer names on the architecture before pretraining it
             probe = build_model(ExperimentConfig(seed=cfg.seed, model=cfg.model, attack=None), self.train)
-            for name in (cfg.feature_layer, cfg.conv_layer):
-                if name is not None:
-                    resolve_feature_layer(probe, name)
+            check_layer_fields(probe, cfg)
         self.model, self.pretrain_info = _feature_extractor(self)
+        check_layer_fields(self.model, cfg)  # a pretrained: model file's layers
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -562,7 +636,6 @@ class _Context:
                 f"{dims[self.feature_layer]} features"
             )
         if cfg.conv_layer:
-            resolve_feature_layer(self.model, cfg.conv_layer)
             check_tail_chain(self.model, cfg.conv_layer, self.test.float01(slice(0, 2)))
         self._class_feats: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
         self._patched: dict[tuple[str, int], list[dict[str, torch.Tensor]]] = {}
@@ -661,6 +734,8 @@ class _Context:
                 decay=cfg.attack.decay,
                 decay_every=cfg.attack.decay_every,
                 stop_loss=cfg.attack.stop_loss,
+                # n was checked against the attacker's target images above; min() caps only the mini-batch
+                # size K at n (one short batch, e.g. the ablation sets below K): batching, not a K clamp
                 batch_size=min(cfg.attack.batch_size, n),
                 matching=cfg.attack.matching,
                 step=cfg.attack.step,
@@ -854,8 +929,8 @@ def _run_pair(ctx: _Context, i: int, s: int, t: int, stage: Stages) -> dict[str,
     cfg = ctx.cfg
     fl = ctx.feature_layer
     eps0, size0, c0 = cfg.attack.eps, cfg.trigger_size, cfg.poisons
-    n_abl = max(c0, round(c0 * cfg.attack.oversample))
-    n_ref = max(max(cfg.poison_counts), n_abl)
+    n_abl = generated_count(c0, cfg.attack.oversample)
+    n_ref = reference_count(cfg)
     trig = ctx.trigger(i, size0)
     label = f"pair {i} ({ctx.train.classes[s]} → {ctx.train.classes[t]})"
     stage(f"{label}: reference poisons")
@@ -897,7 +972,8 @@ def _run_pair(ctx: _Context, i: int, s: int, t: int, stage: Stages) -> dict[str,
     clean_tail = _victim(ctx, None, 2, *data(fl), seed)
     res: dict[str, Any] = {"source": s, "target": t, "trigger": trig.describe()}
     res["clean_model"] = score(clean_tail, fl, patched)
-    ref_tail = _victim(ctx, None, 2, *data(fl, ref_f[fl][pick(ref, c0)]), seed)
+    x_ref, y_ref = data(fl, ref_f[fl][pick(ref, c0)])
+    ref_tail = _victim(ctx, None, 2, x_ref, y_ref, seed)
     res["poisoned_model"] = score(ref_tail, fl, patched)
     counts = {}
     for n in cfg.poison_counts:
@@ -919,6 +995,11 @@ def _run_pair(ctx: _Context, i: int, s: int, t: int, stage: Stages) -> dict[str,
         linf = max(linf, int((g["poisons"].int() - g["bases"].int()).abs().max()))
     ft_images = torch.cat([ctx.train.images[ctx.splits[c]["finetune"]] for c in (s, t)])
     poison_images = torch.cat([g["poisons"][pick(g, c0)] for g in gens.values()])
+    # the kept poisons' dataset labels (poison j of a set was made from attacker target image pool_t[j]) and
+    # their labels in the poisoned victim training set (binary victims: the target is class 1, rows last)
+    pool_t = ctx.splits[t]["pool"]
+    base_labels = torch.cat([ctx.train.labels.cpu()[pool_t[pick(g, c0)]] for g in gens.values()])
+    labels_ok = poisons_keep_target_label(base_labels, t) and poisons_keep_target_label(y_ref[-c0:], 1)
     res["h1"] = {
         "max_linf_255": linf,
         "eps_255": max(cfg.ablation_eps),
@@ -927,7 +1008,7 @@ def _run_pair(ctx: _Context, i: int, s: int, t: int, stage: Stages) -> dict[str,
             int((g["poisons"].int() - g["bases"].int()).abs().max()) <= _eps_of(name, eps0) + 1e-9
             for name, g in gens.items()
         ),
-        "labels_target": True,  # poisons are added with the target label; their bases are target images
+        "labels_target": labels_ok,
         "trigger_rms_training": trigger_distance(torch.cat([ft_images, poison_images]), trig),
         "trigger_rms_badnets": trigger_distance(ImageTensors.quantize(bad_x[:c0]), trig),
     }
@@ -1158,7 +1239,7 @@ def _tran_reference(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
 def _multiclass(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
     """§4.7: single-source (each pair's poisons, Table 4's injection sweep) and multi-source (pair 0's target)."""
     cfg = ctx.cfg
-    classes = list(cfg.multiclass_classes or sorted({c for p in cfg.pairs for c in p}))
+    classes = multiclass_classes(cfg)
     if len(classes) < 3:
         return None
     fl = ctx.feature_layer
@@ -1186,7 +1267,7 @@ def _multiclass(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
         if s not in pos or t not in pos:
             continue
         trig = ctx.trigger(i, cfg.trigger_size)
-        n_ref = max(max(cfg.poison_counts), max(cfg.poisons, round(cfg.poisons * cfg.attack.oversample)))
+        n_ref = reference_count(cfg)
         ref = ctx.poisons(
             f"pair {i} ({ctx.train.classes[s]} → {ctx.train.classes[t]}): poisons",
             fl,
@@ -1219,7 +1300,7 @@ def _multiclass(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
         sources = [c for c in classes if c != t]
         trig = ctx.trigger(0, cfg.trigger_size)
         n_ms = cfg.multisource_poisons or cfg.poisons
-        n_gen = max(n_ms, round(n_ms * cfg.attack.oversample))
+        n_gen = generated_count(n_ms, cfg.attack.oversample)
         g = ctx.poisons(
             f"multi-source poisons → {ctx.train.classes[t]}", fl, t, sources, trig, cfg.attack.eps, n_gen
         )
@@ -1367,20 +1448,22 @@ def evaluate_claims(res: dict[str, Any], cfg: Saha2020Config) -> list[dict[str, 
     # H1 — within ε, correctly labelled, trigger never in the training data
     linf = max(p["h1"]["max_linf_255"] for p in pairs)
     eps_ok = all(p["h1"]["ablation_eps_ok"] for p in pairs)
+    labels_ok = all(p["h1"]["labels_target"] for p in pairs)
     rms = min(p["h1"]["trigger_rms_training"] for p in pairs)
     rms_bad = max(p["h1"]["trigger_rms_badnets"] for p in pairs)
     claims.append(
         _claim(
             "H1",
             "Every poison stays within its L∞ ε of its target image, is correctly labelled, and the trigger never "
-            "appears in training data (criterion: every poison within its run's ε on the 8-bit grid; closest "
-            "window of any training image to the trigger ≥ 8/255 RMS, where a pasted trigger is ≈ 0)",
+            "appears in training data (criterion: every poison within its run's ε on the 8-bit grid and labelled "
+            "with the target class; closest window of any training image to the trigger ≥ 8/255 RMS, where a "
+            "pasted trigger is ≈ 0)",
             f"largest L∞ distance of a poison from its base image {linf}/255 (reference ε {cfg.attack.eps:g}, ablation ε up to "
-            f"{max(cfg.ablation_eps):g}; each run within its ε: {eps_ok}); poisons labelled with their base "
-            f"images' (target) class; closest training window to the trigger {rms:.1f}/255 RMS (BadNets poisons: "
-            f"{rms_bad:.1f}/255)",
+            f"{max(cfg.ablation_eps):g}; each run within its ε: {eps_ok}); every poison labelled with the "
+            f"target class (its base image's and in the victim's training set): {labels_ok}; closest training "
+            f"window to the trigger {rms:.1f}/255 RMS (BadNets poisons: {rms_bad:.1f}/255)",
             "ε = 16/255, clean labels, trigger hidden until test time (§3)",
-            eps_ok and rms >= 8.0,
+            eps_ok and labels_ok and rms >= 8.0,
         )
     )
     # H2 — Table 1
