@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -113,3 +114,154 @@ def test_models_inspect_refuses_pickles_and_names_shapes(tmp_path, capsys):
     torch.save(model.state_dict(), pickled)
     assert main(["models", "inspect", str(pickled)]) == 2
     assert "pickle" in capsys.readouterr().err
+
+
+# -- audit: data options, settings, named errors -------------------------------------------------------------
+def _image_folder(root, per_class: int = 6, hw: int = 12):
+    """A tiny `folder` data set: root/{train,test}/<class>/*.png, 3 classes of tinted 12×12 RGB noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c, tint in enumerate(((200, 40, 40), (40, 200, 40), (40, 40, 200))):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = np.clip(rng.normal(tint, 30, (hw, hw, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def audit_files(tmp_path):
+    """A 3-class LeNet for 3×12×12 images, a tiny denoiser file (trained for σ = 0.25) and a folder of images."""
+    import torch
+
+    from backdoorlab.audit.denoiser import save_denoiser
+    from backdoorlab.models import create_model, save_model
+    from backdoorlab.models.dncnn import DnCNN
+
+    torch.manual_seed(0)
+    net = create_model("lenet", in_channels=3, num_classes=3, input_size=12)
+    model = save_model(net, tmp_path / "m.safetensors", classes=["class0", "class1", "class2"])
+    den = DnCNN(3, depth=2, width=4)
+    den.sigma = 0.25
+    denoiser = save_denoiser(den, tmp_path / "den.safetensors")
+    return model, denoiser, _image_folder(tmp_path / "images")
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--sigma", "0"], "--sigma: sigma must be a finite noise level > 0"),
+        (["--sigma", "-0.5"], "--sigma: sigma must be"),
+        (["--sigma", "nan"], "--sigma: sigma must be"),
+        (["--eps", "0"], "--eps: eps must be a finite L2 radius > 0"),
+        (["--eps", "-3"], "--eps: eps must be"),
+        (["--n-images", "0"], "--n-images: n_images must be an integer ≥ 1"),
+        (["--n-eval", "-1"], "--n-eval: n_eval must be an integer ≥ 1"),
+        (["--seed", "-1"], "--seed: seed must be an integer ≥ 0"),
+        (["--data-option", "size"], "--data-option 'size': write it as key=value"),
+    ],
+)
+def test_audit_bad_settings_name_the_flag(tmp_path, flags, needle, capsys):
+    # checked before anything is loaded: the model file does not even exist
+    argv = ["--home", str(tmp_path), "audit", str(tmp_path / "missing.safetensors"), "--data", "mnist5k"]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("backdoorlab: error: ") and needle in err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_audit_of_a_folder_with_every_flag(tmp_path, audit_files, capsys, monkeypatch):
+    import torch
+
+    from backdoorlab.audit import pipeline, report
+
+    model, denoiser, images = audit_files
+    # seconds on a shared CPU: a quicker --quick (the flags below still override its image counts), and
+    # only the success table of the report (the figures take seconds to draw and have their own tests)
+    torch.set_num_threads(1)
+    monkeypatch.setattr(pipeline, "QUICK", {**pipeline.QUICK, "steps": 4, "m": 2, "reps": 2, "n_null": 6})
+    monkeypatch.setattr(report, "render_audit_report", lambda result, title: report.success_table(result))
+    out = tmp_path / "out"
+    argv = ["--home", str(tmp_path / "home"), "audit", str(model), "--data", "folder"]
+    flags = ["--data-root", str(images), "--out", str(out), "--quick", "--denoiser", str(denoiser)]
+    flags += ["--sigma", "0.3", "--eps", "1.5", "--n-images", "3", "--n-eval", "12", "--seed", "4"]
+    assert main([*argv, *flags]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "report: " in printed and (out / "audit-m-folder.html").is_file()
+    summary = json.loads((out / "audit-m-folder.json").read_text())
+    s = summary["settings"]
+    assert (s["sigma"], s["eps"], s["n_images"], s["n_eval"], s["seed"]) == (0.3, 1.5, 3, 12, 4)
+    assert (s["steps"], s["m"], s["reps"], s["n_null"]) == (4, 2, 2, 6)  # --quick applied
+    assert s["data"] == "folder:images" and summary["data_options"] == {"root": str(images)}
+    assert s["denoiser"]["source"] == str(denoiser) and s["denoiser"]["sigma"] == 0.25
+    assert not (tmp_path / "home" / "cache").exists()  # the given denoiser: nothing trained or cached
+    matrix = summary["success_percent"]
+    assert len(matrix) == len(summary["candidates"]) > 0
+    assert all(len(row) == 3 for row in matrix) and all(0 <= v <= 100 for row in matrix for v in row)
+    for cand, row in zip(summary["candidates"], matrix):  # the matrix agrees with each candidate's best
+        assert max(row) == pytest.approx(100 * cand["best_rate"], abs=0.06)
+    assert (out / "audit-m-folder.html").read_text().count("<tr><td>#") == len(matrix)
+
+
+def test_audit_sigma_defaults_to_the_denoiser_files(tmp_path, audit_files, monkeypatch):
+    import functools
+
+    from backdoorlab.audit import pipeline
+
+    class Stop(Exception):
+        """Raised in place of the audit: only its arguments matter here."""
+
+    model, denoiser, images = audit_files
+    seen: dict = {}
+
+    @functools.wraps(pipeline.audit)
+    def fake_audit(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "audit", fake_audit)
+    argv = ["--debug", "--home", str(tmp_path), "audit", str(model), "--data", "folder"]
+    flags = ["--data-root", str(images), "--denoiser", str(denoiser), "--n-images", "3", "--n-eval", "12"]
+    with pytest.raises(Stop):
+        main([*argv, *flags])
+    assert seen["sigma"] == 0.25 and seen["n_images"] == 3 and seen["n_eval"] == 12 and seen["seed"] == 0
+    assert "eps" not in seen  # the pipeline's scaled paper ε
+    assert seen["denoiser"] == denoiser and seen["denoiser_data"].name == "folder:images"
+
+    seen.clear()
+    with pytest.warns(UserWarning, match="differs from the σ = 0.25"), pytest.raises(Stop):
+        main([*argv, *flags, "--sigma", "0.5"])
+    assert seen["sigma"] == 0.5  # the user's σ wins, with a warning
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        ([], "dataset 'folder' needs root=FOLDER"),  # … and which flag gives it
+        (["--data-root", "ROOT", "--data-option", "root=/elsewhere"], "not both"),
+        (["--data-root", "ROOT", "--data-option", "colour=1"], "takes no option 'colour'"),
+        (["--data-root", "ROOT", "--n-eval", "20"], "the audit needs at least 30 clean images"),
+        (["--data-root", "ROOT", "--denoiser", "nope.safetensors"], "--denoiser: denoiser file not found"),
+        (["--data-root", "ROOT", "--denoiser", "EVIL"], "refused"),
+        (["--data-root", "ROOT", "--data-option", "channels=1"], "model expects 3×12×12"),
+    ],
+)
+def test_audit_data_errors_are_one_line(tmp_path, audit_files, flags, needle, capsys):
+    import torch
+
+    model, _, images = audit_files
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(1)}, evil)
+    flags = [{"ROOT": str(images), "EVIL": str(evil)}.get(f, f) for f in flags]
+    argv = ["--home", str(tmp_path), "audit", str(model), "--data", "folder", "--n-images", "10"]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err
+    if not flags:
+        assert "--data-root PATH" in err
+    if "20" in flags:
+        assert "--n-images 10, --n-eval 20" in err

@@ -349,9 +349,30 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_data_options(root: str | None, items: Sequence[str]) -> dict[str, Any]:
+    """The data loader's options from ``--data-root`` and ``--data-option KEY=VALUE`` (values read as YAML:
+    ``size=32`` is an int). Only the paths given here are ever read."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BackdoorLabError(
+                f"--data-option {item!r}: write it as key=value, e.g. size=32 or test_fraction=0.5"
+            )
+        options[key.strip()] = yaml.safe_load(value)
+    if root is not None:
+        if "root" in options:
+            raise BackdoorLabError("give the data folder once: --data-root or --data-option root=…, not both")
+        options["root"] = root
+    return options
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from backdoorlab.audit.pipeline import run_audit_cli
 
+    options = _audit_data_options(args.data_root, args.data_option or [])
     bars = _Bars()
     try:
         out = run_audit_cli(
@@ -363,6 +384,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
             seed=args.seed,
             quick=args.quick,
             progress=bars,
+            data_options=options,
+            sigma=args.sigma,
+            eps=args.eps,
+            denoiser=args.denoiser,
+            n_images=args.n_images,
+            n_eval=args.n_eval,
         )
     finally:
         bars.close()
@@ -478,7 +505,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("model", help="a .safetensors model file (pickles are refused)")
     sp.add_argument(
-        "--data", required=True, help="the data set the model was trained on (its test split is used)"
+        "--data",
+        required=True,
+        help="the data set the model was trained on, or `folder` for your own clean images (its test split "
+        "is audited; the train split trains the denoiser)",
+    )
+    sp.add_argument(
+        "--data-root",
+        metavar="PATH",
+        help="the data set's folder: the files of cifar10 / mnist / fashion-mnist, or for `folder` your images "
+        "as PATH/<class>/* (split by test_fraction) or PATH/train/<class>/* + PATH/test/<class>/*",
+    )
+    sp.add_argument(
+        "--data-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="another option of the data set's loader, e.g. size=32, channels=1, test_fraction=0.5 (repeatable)",
+    )
+    sp.add_argument(
+        "--sigma",
+        type=float,
+        help="smoothing noise σ on [0, 1] pixels (default 0.5, or the --denoiser file's σ)",
+    )
+    sp.add_argument(
+        "--eps",
+        type=float,
+        help="SmoothAdv's L2 radius on [0, 1] pixels (default: the paper's ε = 60 on 3×224×224 scaled to the "
+        "image size)",
+    )
+    sp.add_argument(
+        "--denoiser",
+        metavar="FILE",
+        help="a backdoorlab DnCNN denoiser file (.safetensors) to use instead of training one",
+    )
+    sp.add_argument(
+        "--n-images", type=int, metavar="N", help="probe images to attack (default 10; --quick: 6)"
+    )
+    sp.add_argument(
+        "--n-eval",
+        type=int,
+        metavar="N",
+        help="held-out images to measure triggers on (default 50; --quick: 60)",
     )
     sp.add_argument(
         "--classes",
@@ -487,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="attack images of these classes only (indices or names; default all)",
     )
     sp.add_argument("--out", help="folder for the HTML report and JSON summary (default: <home>/audits)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="seed of image choice, noise and patches")
     sp.add_argument(
         "--quick",
         action="store_true",

@@ -33,9 +33,11 @@ better than σ = 1).
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,8 @@ from backdoorlab.audit.visualize import DEFAULT_WEIGHT, visualize
 from backdoorlab.data.tensors import ImageTensors, make_generator
 from backdoorlab.defenses.base import Verdict
 from backdoorlab.defenses.smoothing import check_sigma
-from backdoorlab.errors import BackdoorLabError, unknown_name
+from backdoorlab.errors import BackdoorLabError, UnsafeFileError, unknown_name
+from backdoorlab.models.dncnn import DnCNN
 
 Progress = Callable[[int, int, dict], None]
 
@@ -125,8 +128,13 @@ class AuditResult:
         """The audit as a :class:`~backdoorlab.defenses.base.Verdict` (for detection tables)."""
         return self.verdict.to_verdict(len(self.classes), self.timings.get("total", 0.0))
 
+    def success_percent(self, decimals: int = 1) -> list[list[float]]:
+        """The K×classes :attr:`success` matrix in percent, rounded (row k: ``candidates[k]``)."""
+        return [[round(100 * float(v), decimals) for v in row] for row in self.success]
+
     def summary(self) -> dict[str, Any]:
-        """A JSON-able summary: verdict, timings, settings and each candidate with its best class."""
+        """A JSON-able summary: verdict, timings, settings, each candidate with its best class, and the
+        K×classes success matrix in percent (``success_percent[k][t]``: candidate k toward class t)."""
         best_rate, best_cls = self.success.max(1)
         return {
             "verdict": self.verdict.describe(),
@@ -141,6 +149,7 @@ class AuditResult:
                 {**c.describe(), "best_class": int(t), "best_rate": round(float(r), 4)}
                 for c, t, r in zip(self.candidates, best_cls, best_rate)
             ],
+            "success_percent": self.success_percent(),
         }
 
 
@@ -649,6 +658,30 @@ def _evidence(
 QUICK = {"steps": 30, "m": 4, "n_images": 6, "n_eval": 60, "reps": 5, "n_null": 24}
 
 
+def _flag(flag: str, check: Callable[[], Any]) -> Any:
+    """Run one of the audit's own checks, naming the command-line ``flag`` in its error."""
+    try:
+        return check()
+    except BackdoorLabError as exc:
+        raise BackdoorLabError(f"{flag}: {exc}") from None
+
+
+def _load_cli_data(data_name: str, options: dict[str, Any]) -> tuple[ImageTensors, ImageTensors]:
+    """``load_dataset(data_name, **options)``; a loader that needs a folder it was not given says which flag
+    gives it (``--data-root``). Only paths in ``options`` are read."""
+    from backdoorlab.data import registry
+
+    try:
+        return registry.load_dataset(data_name, **options)
+    except UnsafeFileError:
+        raise
+    except BackdoorLabError as exc:
+        takes_root = "root" in inspect.signature(registry.dataset_info(data_name).loader).parameters
+        if "root" in options or not takes_root:
+            raise
+        raise BackdoorLabError(f"{exc} (give the folder with --data-root PATH)") from None
+
+
 def run_audit_cli(
     model_path: str | Path,
     data_name: str,
@@ -658,32 +691,94 @@ def run_audit_cli(
     seed: int = 0,
     quick: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    *,
+    data_options: Mapping[str, Any] | None = None,
+    sigma: float | None = None,
+    eps: float | None = None,
+    denoiser: str | Path | None = None,
+    n_images: int | None = None,
+    n_eval: int | None = None,
 ) -> Path:
     """``backdoorlab audit MODEL --data NAME``: load the model safely (safetensors only), audit it on the data
     set's test split (the denoiser is trained on up to 4,000 images of the train split — clean images of the
     same domain, never the model's training data — and cached in ``workspace``), write the HTML report and a
     JSON summary to ``out_dir`` and return the report's path. ``quick`` trades fidelity for speed (30 steps,
     m = 4, 6 probe images). ``progress(stage, done, total)`` is the CLI's progress-bar callback.
+
+    ``data_options`` go to the data set's loader (``root=`` for cifar10, mnist, fashion-mnist and ``folder``;
+    no other path is read). ``sigma`` (default 0.5, or the ``denoiser`` file's σ), ``eps``, ``n_images`` and
+    ``n_eval`` are :func:`audit`'s (None: its default, or ``quick``'s); ``denoiser`` a denoiser file written by
+    :func:`~backdoorlab.audit.denoiser.save_denoiser` (safetensors, checked; nothing is unpickled) used
+    instead of training one. Every bad value is checked before anything is loaded and raises a
+    :class:`BackdoorLabError` that names the flag (``--sigma: sigma must be …``).
     """
     from backdoorlab.audit.report import render_audit_report
-    from backdoorlab.data.registry import load_dataset
     from backdoorlab.fileio import write_atomic
     from backdoorlab.models import load_model
 
+    # the flags first: a typo should not cost a data set load
+    kwargs: dict[str, Any] = dict(QUICK) if quick else {}
+    if sigma is not None:
+        kwargs["sigma"] = _flag("--sigma", lambda: check_sigma(sigma))
+    if eps is not None:
+        kwargs["eps"] = _flag("--eps", lambda: _check_eps(eps))
+    if n_images is not None:
+        kwargs["n_images"] = _flag(
+            "--n-images", lambda: _check_int(n_images, "n_images", "probe images to attack")
+        )
+    if n_eval is not None:
+        kwargs["n_eval"] = _flag(
+            "--n-eval", lambda: _check_int(n_eval, "n_eval", "held-out images to measure triggers on")
+        )
+    seed = _flag("--seed", lambda: _check_int(seed, "seed", "random seed", low=0))
+    den: DnCNN | None = None
+    den_path: Path | None = None
+    if denoiser is not None:
+        den_path = Path(denoiser).expanduser()
+        if not den_path.is_file():
+            raise BackdoorLabError(f"--denoiser: denoiser file not found: {den_path}")
+        den = load_denoiser(den_path)  # safetensors only; UnsafeFileError names the file
+        if sigma is None and den.sigma is not None:
+            kwargs["sigma"] = den.sigma  # smooth at the noise level the denoiser was trained for
+        elif sigma is not None and den.sigma is not None and not math.isclose(sigma, den.sigma):
+            warnings.warn(
+                f"--sigma {sigma:g} differs from the σ = {den.sigma:g} that {den_path.name} was trained to remove; "
+                "the denoiser will see noise it was not trained on (leave --sigma out to use the file's σ)",
+                stacklevel=2,
+            )
+
     model_path = Path(model_path)
     model, card = load_model(model_path)
-    train, test = load_dataset(data_name)
+    options = dict(data_options or {})
+    train, test = _load_cli_data(data_name, options)
     if len(card.classes) != test.num_classes:
         raise BackdoorLabError(
             f"model {model_path.name} has {len(card.classes)} classes, data set {data_name!r} has {test.num_classes}; "
             "audit it with the data set it was trained on"
         )
-    kwargs: dict[str, Any] = dict(QUICK) if quick else {}
+    check_model_for_data(model, test)  # before the image count: a wrong data set is the likelier mistake
+    if den is not None and den_path is not None and den.channels != test.shape[0]:
+        raise BackdoorLabError(
+            f"--denoiser: {den_path.name} denoises {den.channels}-channel images but {data_name!r} has "
+            f"{test.shape[0]} channels; use a denoiser trained on images of this data set"
+        )
+    defaults = inspect.signature(audit).parameters
+    need_images = kwargs.get("n_images", defaults["n_images"].default)
+    need_eval = kwargs.get("n_eval", defaults["n_eval"].default)
+    cls = resolve_classes(classes, test.classes)
+    try:
+        select_images(test, cls, need_images, need_eval, seed)
+    except BackdoorLabError as exc:
+        raise BackdoorLabError(
+            f"{exc} (--n-images {need_images}, --n-eval {need_eval}; the test split of {data_name!r} has "
+            f"{len(test)} images)"
+        ) from None
     cb = None if progress is None else (lambda s, t, i: progress(str(i.get("stage", "audit")), s, t))
     result = audit(
         model,
         test,
         classes=classes,
+        denoiser=den_path,
         denoiser_data=train,
         seed=seed,
         workspace=workspace,
@@ -694,9 +789,13 @@ def run_audit_cli(
     import json
 
     stem = f"audit-{model_path.stem}-{data_name}"
-    write_atomic(
-        out_dir / f"{stem}.json", json.dumps({"model": str(model_path), **result.summary()}, indent=2)
-    )
+    summary = {
+        "model": str(model_path),
+        "data": data_name,
+        "data_options": {k: v if isinstance(v, (int, float, bool)) else str(v) for k, v in options.items()},
+        **result.summary(),
+    }
+    write_atomic(out_dir / f"{stem}.json", json.dumps(summary, indent=2))
     html = render_audit_report(result, title=f"Audit of {model_path.name} on {data_name}")
     return write_atomic(out_dir / f"{stem}.html", html)
 

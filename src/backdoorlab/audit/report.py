@@ -4,8 +4,8 @@ triggers with their success rates — and the verdict of :mod:`backdoorlab.audit
 One file with embedded PNG figures (:mod:`backdoorlab.experiments.report`): the verdict and its evidence
 images, the adversarial examples of the robustified model grouped by the class they move to (with the
 perturbation map and the region each candidate came from), the candidate triggers, each candidate's success
-rate toward each class as a heatmap beside the random patches of the null, the per-class statistics, the
-time of every stage and the settings.
+rate toward each class as a heatmap beside the random patches of the null and as a table of numbers, the
+per-class statistics, the time of every stage and the settings.
 """
 
 from __future__ import annotations
@@ -24,12 +24,18 @@ if TYPE_CHECKING:
     from backdoorlab.audit.pipeline import AuditResult
 
 _TARGET = "firebrick"
+CANDIDATES_SHOWN = 32  # patches drawn in the candidates figure; the success table lists every one
 
 
 def _name(result: AuditResult, i: int | None) -> str:
     if i is None:
         return "—"
     return f"{i} ({result.classes[i]})" if 0 <= i < len(result.classes) else str(i)
+
+
+def _fmt_score(score: float) -> str:
+    """A verdict score (``−log10 p`` ≥ 0) with two decimals, never "-0.00"."""
+    return f"{max(0.0, float(score)):.2f}"
 
 
 def _short(result: AuditResult, i: int) -> str:
@@ -201,6 +207,42 @@ def heatmap_figure(result: AuditResult) -> plt.Figure:
     return fig
 
 
+def success_table(result: AuditResult, scroll_after: int = 20) -> str:
+    """The K×classes success matrix as a compact HTML table, in whole percent: one row per candidate (index,
+    kind, method), one column per class; the best candidate toward each class is highlighted (all of them
+    on a tie; none when nothing reaches 1 %). More than ``scroll_after`` rows scroll inside a fixed-height
+    block, so the numbers behind the heatmap are always in the page."""
+    s = result.success
+    pct = (100 * s).round().int()
+    best = pct.max(0).values if len(pct) else torch.zeros(s.shape[1], dtype=torch.int)
+    target = result.verdict.target if result.verdict.poisoned else None
+    head = "".join(
+        f"<th title='{html.escape(_name(result, t))}'"
+        + (f" style='color:{_TARGET}'" if t == target else "")
+        + f">{html.escape(_short(result, t))}</th>"
+        for t in range(s.shape[1])
+    )
+    rows = []
+    for k, cand in enumerate(result.candidates):
+        cells = []
+        for t in range(s.shape[1]):
+            v = int(pct[k, t])
+            hit = v == int(best[t]) and v > 0
+            style = " style='background:#fde2dd;font-weight:600'" if hit else ""
+            cells.append(f"<td{style}>{v}</td>")
+        method = html.escape(str(cand.info.get("method", "")))
+        rows.append(
+            f"<tr><td>#{k}</td><td>{html.escape(cand.kind)}</td><td>{method}</td>{''.join(cells)}</tr>"
+        )
+    body = (
+        "<table style='font-size:.8rem'><thead><tr><th>#</th><th>kind</th><th>method</th>"
+        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    if len(rows) > scroll_after:
+        body = f"<div style='max-height:28rem;overflow:auto;border:1px solid #ddd'>{body}</div>"
+    return body
+
+
 def null_figure(result: AuditResult) -> plt.Figure:
     """Per class: the null's success rates (dots) and the best candidate's (red bar)."""
     q = result.null_measurement.success
@@ -270,7 +312,7 @@ def render_audit_report(result: AuditResult, title: str | None = None) -> str:
                     _name(result, v.target),
                 ],
                 ["flagged classes", flagged],
-                ["score (−log10 adjusted p)", f"{v.score:.2f}"],
+                ["score (−log10 adjusted p)", _fmt_score(v.score)],
                 ["adjusted p-value", f"{v.p_value:.3g}"],
                 ["z (logit scale, vs random patches)", f"{v.z:.2f}"],
                 ["best alternative trigger's success", f"{v.best_rate:.1%}"],
@@ -330,14 +372,26 @@ def render_audit_report(result: AuditResult, title: str | None = None) -> str:
             ],
         )
     )
+    k = len(result.candidates)
+    shown = min(k, CANDIDATES_SHOWN)
     parts += [
         "<h2>Candidate triggers</h2>",
         "<p class='note'>colour patches (the heaviest energy-weighted k-means colour, as painted and saturated), "
         "colours in blocks and crops of the adversarial images, best first; over each: its number (ᵇ: from Basic "
-        "Adv), its success rate and the class it pushes most images to</p>",
-        figure_png(candidates_figure(result)),
+        "Adv), its success rate and the class it pushes most images to. "
+        + (
+            f"All {k} candidates shown."
+            if shown == k
+            else f"Top {shown} of {k} shown; every one is in the table below."
+        )
+        + "</p>",
+        figure_png(candidates_figure(result, max_n=CANDIDATES_SHOWN)),
         "<h2>Success rate toward each class</h2>",
         figure_png(heatmap_figure(result)),
+        f"<p class='note'>success (%) of each of the {k} candidates toward each class (rows: candidates, as "
+        "numbered above; method: the adversarial examples it came from); highlighted: the best toward each "
+        "class. The same numbers are in the JSON summary as <code>success_percent</code>.</p>",
+        success_table(result),
         figure_png(null_figure(result)),
         "<h2>Per-class statistics</h2>",
         table(
@@ -386,4 +440,5 @@ __all__ = [
     "mosaic_figure",
     "null_figure",
     "render_audit_report",
+    "success_table",
 ]

@@ -153,7 +153,8 @@ class AuditVerdict:
 
 
 def _score(p: float) -> float:
-    return -math.log10(max(p, 1e-300))
+    """``−log10 p``, never below 0: p ≤ 1 makes it ≥ 0 anyway, but p = 1 gives −0.0, which prints "-0.00"."""
+    return max(0.0, -math.log10(max(p, 1e-300)))
 
 
 def _logit(rate: torch.Tensor, trials: torch.Tensor) -> torch.Tensor:
