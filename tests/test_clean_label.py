@@ -116,6 +116,57 @@ def test_bad_options() -> None:
         CleanLabel(perturbation="pgd", steps=0)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan"), 0, -1.0, 10**400, True, "600"])
+@pytest.mark.parametrize(
+    ("kwargs", "field", "fix"),
+    [
+        ({"perturbation": "pgd"}, "eps", "used by perturbation 'pgd'"),
+        (
+            {"perturbation": "pgd", "norm": "linf"},
+            "eps",
+            "leave it out for the default (600 for L2, 8 for L∞)",
+        ),
+        ({"perturbation": "pgd"}, "step", "used by perturbation 'pgd'"),
+        ({"perturbation": "noise"}, "noise_std", "used by perturbation 'noise'"),
+        ({"perturbation": "gan"}, "inversion_lr", "used by perturbation 'gan'"),
+    ],
+)
+def test_non_finite_or_non_positive_options_fail_at_construction(
+    kwargs: dict, field: str, fix: str, bad: object
+) -> None:
+    """eps=inf used to fail only when poisoning and noise_std=inf was accepted: now a named error (NaN too)."""
+    with pytest.raises(BackdoorLabError, match=f"clean-label {field} must be a finite number > 0") as err:
+        CleanLabel(target=1, **kwargs, **{field: bad})
+    assert fix in str(err.value) and f"give a finite {field} > 0" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ("{perturbation: pgd, eps: .inf}", "eps"),
+        ("{perturbation: pgd, norm: linf, eps: .nan}", "eps"),
+        ("{perturbation: noise, noise_std: .inf}", "noise_std"),
+        ("{perturbation: noise, noise_std: .nan}", "noise_std"),
+    ],
+)
+def test_non_finite_eps_and_noise_std_fail_from_a_yaml_config(tmp_path, params: str, field: str) -> None:
+    """The same named errors reach an experiment YAML's attack.params (``.inf`` / ``.nan``)."""
+    from backdoorlab.experiments.config import load_config
+    from backdoorlab.experiments.runner import build_attack
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"attack: {{name: clean-label, target: 1, rate: 0.5, params: {params}}}\n")
+    cfg = load_config(path)
+    with pytest.raises(BackdoorLabError, match=f"^attack: clean-label {field} must be a finite number > 0"):
+        build_attack(cfg, 4)
+
+
+def test_finite_options_still_build() -> None:
+    pgd = CleanLabel(perturbation="pgd", eps=600, step=15.0)
+    assert (pgd.eps, pgd.step) == (600.0, 15.0)
+    assert CleanLabel(perturbation="noise", noise_std=1e-3).noise_std == 1e-3
+
+
 def test_noise_perturbation_has_the_requested_std() -> None:
     train = _data(n=800)
     attack = CleanLabel(target=0, rate=1.0, perturbation="noise", noise_std=16)

@@ -141,6 +141,44 @@ def test_additive_amplitude_clips_and_signs() -> None:
         turner_amplitude(300)
 
 
+@pytest.mark.parametrize(
+    "bad", [0, 0.0, -0.0, -16, 255.5, 300, 10**400, float("inf"), float("nan"), True, "32", None]
+)
+def test_amplitude_outside_0_255_is_a_named_error(bad: object) -> None:
+    """0 adds nothing (it used to be accepted): every amplitude outside (0, 255] names the valid range."""
+    msg = r"trigger parameter 'amplitude' must be a number in \(0, 255\]"
+    with pytest.raises(BackdoorLabError, match=msg):
+        turner_amplitude(bad)  # type: ignore[arg-type]
+    with pytest.raises(BackdoorLabError, match=msg):
+        make_trigger("turner-amplitude", amplitude=bad)
+    with pytest.raises(BackdoorLabError, match=msg):
+        four_corner({"kind": "turner-amplitude", "amplitude": bad})
+
+
+@pytest.mark.parametrize("amplitude", [0, -8])
+def test_amplitude_error_from_a_yaml_config(tmp_path, amplitude: int) -> None:
+    """The same named error from an experiment YAML's trigger params, prefixed with the config field."""
+    from backdoorlab.experiments.config import load_config
+    from backdoorlab.experiments.runner import build_attack
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "attack: {name: clean-label, target: 1, rate: 0.5, "
+        f"trigger: {{kind: turner-amplitude, params: {{amplitude: {amplitude}}}}}}}\n"
+    )
+    cfg = load_config(path)
+    with pytest.raises(
+        BackdoorLabError,
+        match=r"^attack\.trigger: trigger parameter 'amplitude' must be a number in \(0, 255\]",
+    ):
+        build_attack(cfg, 4)
+
+
+def test_smallest_and_largest_amplitudes_are_valid() -> None:
+    assert turner_amplitude(1e-3).pattern.abs().max() == pytest.approx(1e-3 / 255)
+    assert turner_amplitude(255).pattern.abs().max() == 1.0
+
+
 def test_four_corner_mirrors_on_the_left() -> None:
     x = _images(c=3, h=9, w=9)
     trig = four_corner()

@@ -518,13 +518,24 @@ def turner_pattern(placement: PlacementLike = "bottom-right") -> Trigger:
     )
 
 
+def _amplitude(value: Any) -> float:
+    """An additive trigger amplitude on the 0–255 scale: a number in (0, 255] (0 would add nothing)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and 0.0 < value <= 255.0):  # compared as given: a huge int cannot overflow, NaN fails
+        raise BackdoorLabError(
+            f"trigger parameter 'amplitude' must be a number in (0, 255] on the 0–255 pixel scale "
+            f"(Turner App. B.1: 16, 32, 64, 255), got {value!r}"
+        )
+    return float(value)
+
+
 def turner_amplitude(amplitude: float, placement: PlacementLike = "bottom-right") -> Trigger:
     """Turner et al. 2019 (App. B.1): the reduced-amplitude trigger, added instead of pasted.
 
     ``amplitude`` is on the paper's 0–255 scale (e.g. 16, 32, 64, 255) and is divided by 255 here: the image
     gets ``+a/255`` on W pixels and ``−a/255`` on B pixels, then is clipped to [0, 1].
     """
-    a = _unit_param("amplitude", amplitude, 0.0, 255.0) / 255.0
+    a = _amplitude(amplitude) / 255.0
     pattern = (a * (2 * _TURNER_W - 1))[None].clone()
     spec = {"kind": "turner-amplitude", "amplitude": float(amplitude)}
     return Trigger(pattern, torch.ones(1, 3, 3), "add", Placement.parse(placement), spec)

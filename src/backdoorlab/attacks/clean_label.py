@@ -22,6 +22,7 @@ images whose true label is not the target (REFERENCE_NOTES "002").
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,10 +63,38 @@ def default_toward(target: int, num_classes: int) -> int:
     return (target + 1) % num_classes
 
 
+# what each float option is for and how to fix a bad value (each is used by one perturbation kind)
+_FIXES = {
+    "eps": (
+        "the PGD radius on the 0–255 scale, used by perturbation 'pgd' (Turner: L2 300/600/1200, L∞ 8/16/32); "
+        "give a finite eps > 0 or leave it out for the default (600 for L2, 8 for L∞)"
+    ),
+    "step": (
+        "the PGD step on the 0–255 scale, used by perturbation 'pgd'; give a finite step > 0 or leave it out "
+        "for the default 2.5·eps/steps"
+    ),
+    "noise_std": (
+        "the Gaussian noise's standard deviation on the 0–255 scale, used by perturbation 'noise' "
+        f"(Turner App. B.3); give a finite noise_std > 0 or leave it out for the default {DEFAULT_NOISE_STD_255:g}"
+    ),
+    "inversion_lr": (
+        "the GAN inversion's step size, used by perturbation 'gan'; give a finite inversion_lr > 0 "
+        "(default 0.1)"
+    ),
+}
+
+
 def _positive_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) > 0:
-        raise BackdoorLabError(f"clean-label {name} must be a positive number, got {value!r}")
-    return float(value)
+    """``value`` as a float, or a named error when it is not a finite number > 0 (NaN and ±inf included)."""
+    try:
+        v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int too large for a float
+        v = math.inf
+    if not (math.isfinite(v) and v > 0):
+        raise BackdoorLabError(
+            f"clean-label {name} must be a finite number > 0, got {value!r}: {_FIXES[name]}"
+        )
+    return v
 
 
 def _weights_hash(model: nn.Module) -> str:
