@@ -237,6 +237,15 @@ def test_audit_sigma_defaults_to_the_denoiser_files(tmp_path, audit_files, monke
         main([*argv, *flags, "--sigma", "0.5"])
     assert seen["sigma"] == 0.5  # the user's σ wins, with a warning
 
+    # --reference: each earlier clean-model audit gives its best rate toward each class
+    ref = tmp_path / "clean.json"
+    ref.write_text(json.dumps({"success_percent": [[10.0, 60.0, 5.0], [20.0, 0.0, 0.0]]}))
+    seen.clear()
+    with pytest.raises(Stop):
+        main([*argv, *flags, "--reference", str(ref), "--reference", str(ref)])
+    assert len(seen["reference"]) == 2
+    assert seen["reference"][0].tolist() == pytest.approx([0.2, 0.6, 0.05])
+
 
 @pytest.mark.parametrize(
     ("flags", "needle"),
@@ -248,6 +257,9 @@ def test_audit_sigma_defaults_to_the_denoiser_files(tmp_path, audit_files, monke
         (["--data-root", "ROOT", "--denoiser", "nope.safetensors"], "--denoiser: denoiser file not found"),
         (["--data-root", "ROOT", "--denoiser", "EVIL"], "refused"),
         (["--data-root", "ROOT", "--data-option", "channels=1"], "model expects 3×12×12"),
+        (["--data-root", "ROOT", "--reference", "nope.json"], "--reference: audit summary not found"),
+        (["--data-root", "ROOT", "--reference", "BADREF"], "is not an audit summary with a success_percent"),
+        (["--data-root", "ROOT", "--reference", "REF2"], "holds success rates toward 2 classes"),
     ],
 )
 def test_audit_data_errors_are_one_line(tmp_path, audit_files, flags, needle, capsys):
@@ -256,7 +268,11 @@ def test_audit_data_errors_are_one_line(tmp_path, audit_files, flags, needle, ca
     model, _, images = audit_files
     evil = tmp_path / "evil.pt"
     torch.save({"w": torch.zeros(1)}, evil)
-    flags = [{"ROOT": str(images), "EVIL": str(evil)}.get(f, f) for f in flags]
+    bad_ref, ref2 = tmp_path / "bad.json", tmp_path / "two.json"
+    bad_ref.write_text("{not json")
+    ref2.write_text(json.dumps({"success_percent": [[50.0, 20.0]]}))
+    files = {"ROOT": str(images), "EVIL": str(evil), "BADREF": str(bad_ref), "REF2": str(ref2)}
+    flags = [files.get(f, f) for f in flags]
     argv = ["--home", str(tmp_path), "audit", str(model), "--data", "folder", "--n-images", "10"]
     assert main([*argv, *flags]) == 2
     err = capsys.readouterr().err.strip()

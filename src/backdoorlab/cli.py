@@ -390,6 +390,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             denoiser=args.denoiser,
             n_images=args.n_images,
             n_eval=args.n_eval,
+            reference=args.reference or (),
         )
     finally:
         bars.close()
@@ -546,6 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="held-out images to measure triggers on (default 50; --quick: 60)",
+    )
+    sp.add_argument(
+        "--reference",
+        action="append",
+        metavar="JSON",
+        help="the JSON summary of an earlier audit of a known-clean model on the same data (repeatable): a "
+        "class is flagged only if its best candidate beats every rate those audits reached",
     )
     sp.add_argument(
         "--classes",

@@ -682,6 +682,31 @@ def _load_cli_data(data_name: str, options: dict[str, Any]) -> tuple[ImageTensor
         raise BackdoorLabError(f"{exc} (give the folder with --data-root PATH)") from None
 
 
+def read_reference(path: str | Path) -> torch.Tensor:
+    """The best success rate toward each class (a C-vector in [0, 1]) from the JSON summary of an earlier
+    audit (``success_percent``, written by :func:`run_audit_cli`): one known-clean model's part of the
+    verdict's ``reference``. Reads JSON only; a malformed file is a named error."""
+    import json
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BackdoorLabError(f"--reference: audit summary not found: {path}")
+    try:
+        rows = json.loads(path.read_text())["success_percent"]
+        rates = torch.tensor(rows, dtype=torch.float32) / 100
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise BackdoorLabError(
+            f"--reference: {path.name} is not an audit summary with a success_percent matrix (the .json that "
+            "`backdoorlab audit` writes beside its report)"
+        ) from None
+    if rates.ndim != 2 or len(rates) == 0 or not bool(((rates >= 0) & (rates <= 1)).all()):
+        raise BackdoorLabError(
+            f"--reference: {path.name}'s success_percent must be a non-empty candidates × classes matrix of "
+            "percentages in [0, 100]"
+        )
+    return rates.max(0).values
+
+
 def run_audit_cli(
     model_path: str | Path,
     data_name: str,
@@ -698,6 +723,7 @@ def run_audit_cli(
     denoiser: str | Path | None = None,
     n_images: int | None = None,
     n_eval: int | None = None,
+    reference: Sequence[str | Path] = (),
 ) -> Path:
     """``backdoorlab audit MODEL --data NAME``: load the model safely (safetensors only), audit it on the data
     set's test split (the denoiser is trained on up to 4,000 images of the train split — clean images of the
@@ -709,7 +735,8 @@ def run_audit_cli(
     no other path is read). ``sigma`` (default 0.5, or the ``denoiser`` file's σ), ``eps``, ``n_images`` and
     ``n_eval`` are :func:`audit`'s (None: its default, or ``quick``'s); ``denoiser`` a denoiser file written by
     :func:`~backdoorlab.audit.denoiser.save_denoiser` (safetensors, checked; nothing is unpickled) used
-    instead of training one. Every bad value is checked before anything is loaded and raises a
+    instead of training one. ``reference``: JSON summaries this function wrote for audits of known-clean models
+    (:func:`read_reference`); their success rates become :func:`audit`'s ``reference``. Every bad value is checked before anything is loaded and raises a
     :class:`BackdoorLabError` that names the flag (``--sigma: sigma must be …``).
     """
     from backdoorlab.audit.report import render_audit_report
@@ -747,6 +774,8 @@ def run_audit_cli(
                 stacklevel=2,
             )
 
+    refs = [read_reference(p) for p in reference]
+
     model_path = Path(model_path)
     model, card = load_model(model_path)
     options = dict(data_options or {})
@@ -757,6 +786,12 @@ def run_audit_cli(
             "audit it with the data set it was trained on"
         )
     check_model_for_data(model, test)  # before the image count: a wrong data set is the likelier mistake
+    for path, rates in zip(reference, refs):
+        if len(rates) != test.num_classes:
+            raise BackdoorLabError(
+                f"--reference: {Path(path).name} holds success rates toward {len(rates)} classes but "
+                f"{data_name!r} has {test.num_classes}; give audits of clean models of the same data set"
+            )
     if den is not None and den_path is not None and den.channels != test.shape[0]:
         raise BackdoorLabError(
             f"--denoiser: {den_path.name} denoises {den.channels}-channel images but {data_name!r} has "
@@ -780,6 +815,7 @@ def run_audit_cli(
         classes=classes,
         denoiser=den_path,
         denoiser_data=train,
+        reference=refs or None,
         seed=seed,
         workspace=workspace,
         progress=cb,
@@ -793,6 +829,7 @@ def run_audit_cli(
         "model": str(model_path),
         "data": data_name,
         "data_options": {k: v if isinstance(v, (int, float, bool)) else str(v) for k, v in options.items()},
+        "reference": [str(p) for p in reference],
         **result.summary(),
     }
     write_atomic(out_dir / f"{stem}.json", json.dumps(summary, indent=2))
