@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from backdoorlab.adversarial import (
     perturb_dataset,
     pgd,
     robust_accuracy,
+    warn_unreachable,
 )
 from backdoorlab.data.tensors import ImageTensors
 from backdoorlab.errors import BackdoorLabError
@@ -269,3 +271,40 @@ def test_validation_names_parameter(kwargs, name):
             madry_objective(args["eps"], args["step"], args["steps"], norm=args.get("norm", "linf"))
     with pytest.raises(BackdoorLabError, match=r"^mix "):
         madry_objective(0.1, 0.01, 2, mix=1.5)
+
+
+# -- step × steps < ε: allowed, warned once ------------------------------------------------------------------
+def test_unreachable_ball_warns_in_pgd_bim_and_madry_objective():
+    model = tiny_net()
+    x, y = _batch(4)
+    with pytest.warns(UserWarning, match=r"^pgd: step 0\.01 × steps 2 = 0\.02 < eps 0\.1: PGD cannot reach"):
+        pgd(model, x, y, 0.1, 0.01, 2)
+    with pytest.warns(UserWarning, match=r"^bim: step 0\.01 × steps 2"):
+        bim(model, x, y, 0.1, 0.01, 2)
+    with pytest.warns(UserWarning, match=r"^madry_objective: step 0\.01 × steps 2 = 0\.02 < eps 0\.1"):
+        objective = madry_objective(0.1, 0.01, 2, gen=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        objective(model, x, y)  # warned once when built, not again on every batch
+        objective(model, x, y)
+        pgd(model, x, y, 0.1, 0.01, 2, warn=False)
+        bim(model, x, y, 0.1, 0.01, 2, warn=False)
+
+
+def test_reachable_ball_does_not_warn():
+    model = tiny_net()
+    x, y = _batch(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pgd(model, x, y, 0.1, 0.05, 2)  # step × steps = ε exactly
+        pgd(model, x, y, EPS, STEP, STEPS, random_start=True)
+        bim(model, x, y, 0.1, 0.02, 10)
+        madry_objective(0.1, 0.05, 2)(model, x, y)
+        fgsm(model, x, y, 0.1)
+        pgd(model, x, y, 0.0, 0.01, 1)  # ε = 0: nothing to reach
+        assert warn_unreachable(0.3, 0.03, 20, "Table 1") is False
+
+
+def test_warn_unreachable_names_the_setting():
+    with pytest.warns(UserWarning, match=r"^robust: step 0\.01 × steps 1 = 0\.01 < eps 0\.1: .*surface"):
+        assert warn_unreachable(0.1, 0.01, 1, "robust") is True

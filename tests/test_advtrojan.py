@@ -227,6 +227,19 @@ def test_unreachable_ball_warns():
         _attack(eps=0.3, step=0.03, steps=20)  # Table 1: step·steps = 2ε, no warning
 
 
+def test_unreachable_ball_warns_once_not_per_batch(toy):
+    with pytest.warns(UserWarning, match=r"^AdvTrojan: step 0\.01 × steps 5 = 0\.05 < eps 0\.3"):
+        attack = _attack(eps=0.3, step=0.01, steps=5)
+    model = tiny_net()
+    x, y = toy.float01(slice(0, 8)), toy.labels[:8]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        objective = attack.objective()
+        objective(model, x, y)  # Eq. 9's PGD runs every batch: warned once, when the attack was built
+        objective(model, x, y)
+        advtrojan_examples(model, x, y, attack, method="bim")
+
+
 # -- test-time examples and Table 5 ---------------------------------------------------------------------------
 def test_advtrojan_examples_trigger_first_then_perturb(toy):
     torch.manual_seed(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny(**eval_kw) -> AdvTrojanConfig:
+def tiny(atim_init: str = "robust", **eval_kw) -> AdvTrojanConfig:
     ev = {
         "table5_images": 12, "sweep_images": 6, "sweep_iterations": (1, 2), "sweep_eps_points": 3,
         "strip_n": 4, "strip_calibration": 6, "strip_eval": 6, "nc_images": 12, "nc_epochs": 2,
@@ -48,7 +49,7 @@ def tiny(**eval_kw) -> AdvTrojanConfig:
         data=DataConfig(name="mnist5k", train_per_class=5, test_per_class=2),
         train=ONE,
         robust=RobustConfig(steps=1, step=0.3),
-        atim=AtimConfig(init="robust", steps=1, step=0.3),
+        atim=AtimConfig(init=atim_init, steps=1, step=0.3),
     )
     return AdvTrojanConfig(name="advtrojan-tiny", runs=(run,), eval=EvalConfig(**ev))
 
@@ -106,6 +107,97 @@ def test_config_errors_are_named():
     raw["runs"][0]["atim"]["init"] = "badnets"
     with pytest.raises(BackdoorLabError, match=r"runs\.0\.atim\.init"):
         parse_config_model(raw, AdvTrojanConfig)
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "match"),
+    [
+        ("strip_fprs", [0.10, 1.5], r"^eval\.strip_fprs: .*strictly between 0 and 1.*got 1\.5; write e\.g\."),
+        ("strip_fprs", [0.0, 0.05], r"^eval\.strip_fprs: .*got 0;"),
+        ("strip_fprs", [10, 5, 2], r"^eval\.strip_fprs: .*\(0\.05 means 5 %\), got 10"),
+        ("strip_fprs", [], r"^eval\.strip_fprs: .*got none"),
+        ("strip_fprs", [0.05, 0.050], r"^eval\.strip_fprs: .*twice"),
+        ("sweep_iterations", [0, 5], r"^eval\.sweep_iterations: .*≥ 1"),
+        ("sweep_iterations", [], r"^eval\.sweep_iterations: "),
+    ],
+)
+def test_eval_rates_and_counts_are_named_errors(section, value, match):
+    raw = tiny().model_dump(mode="json")
+    raw["eval"][section] = value
+    with pytest.raises(BackdoorLabError, match=match):  # when the config is read, before any training
+        parse_config_model(raw, AdvTrojanConfig)
+
+
+@pytest.mark.parametrize("section", ["robust", "atim"])
+def test_step_on_the_255_scale_is_a_named_error(section):
+    raw = tiny().model_dump(mode="json")
+    raw["runs"][0][section]["step"] = 8  # meant 8/255
+    with pytest.raises(BackdoorLabError, match=rf"^runs\.0\.{section}\.step: .*write 8/255 = 0\.03137"):
+        parse_config_model(raw, AdvTrojanConfig)
+    raw["runs"][0][section]["step"] = 1.0  # the whole pixel range: odd but on the right scale
+    parse_config_model(raw, AdvTrojanConfig)
+
+
+@pytest.mark.parametrize("section", ["robust", "atim"])
+def test_unreachable_training_pgd_warns_when_the_config_is_read(section):
+    raw = tiny().model_dump(mode="json")
+    raw["runs"][0][section].update(steps=1, step=0.01)  # mnist: Table 1's ε = 0.3
+    want = rf"runs\[mnist5k tiny\]\.{section} .*: step 0\.01 × steps 1 = 0\.01 < eps 0\.3: PGD cannot reach"
+    with pytest.warns(UserWarning, match=want):
+        parse_config_model(raw, AdvTrojanConfig)
+    # step × steps ≥ ε (tiny: 0.3 × 1 = ε exactly; None: Table 1's 20 × 0.03 = 2ε) does not warn
+    raw["runs"][0][section].update(steps=1, step=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse_config_model(raw, AdvTrojanConfig)
+        raw["runs"][0][section].update(steps=None, step=None)
+        parse_config_model(raw, AdvTrojanConfig)
+
+
+# -- Algorithm 1: the ATIM's starting point -------------------------------------------------------------------
+def _train_tiny(tmp_path, monkeypatch, init: str) -> tuple[dict, dict, dict, torch.nn.Module]:
+    """Train the tiny run's models with ``atim.init = init``; the ATIM's weights when Eq. 9 training began."""
+    from backdoorlab.attacks.advtrojan import AdvTrojan
+    from backdoorlab.experiments.config import ExperimentConfig
+    from backdoorlab.experiments.runner import Workspace, build_model, load_data
+    from backdoorlab.papers.advtrojan import _train_models
+    from backdoorlab.papers.stages import Stages
+
+    cfg = tiny(atim_init=init)
+    run = cfg.runs[0]
+    exp = ExperimentConfig(seed=cfg.seed, data=run.data, model=run.model, attack=None)
+    train, test = load_data(exp)
+    start: dict[str, torch.Tensor] = {}
+    fit = AdvTrojan.fit
+
+    def recording_fit(self, model, *args, **kw):
+        start.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return fit(self, model, *args, **kw)
+
+    monkeypatch.setattr(AdvTrojan, "fit", recording_fit)
+    models, records, _ = _train_models(cfg, run, train, test, Workspace(tmp_path), Stages("t", None, 99))
+    return models, records, start, build_model(exp, train)
+
+
+def _same(a: dict[str, torch.Tensor], b: torch.nn.Module) -> bool:
+    sd = b.state_dict()
+    return set(a) == set(sd) and all(torch.equal(a[k], sd[k].cpu()) for k in a)
+
+
+def test_atim_init_vanilla_starts_from_the_trained_vanilla_model(tmp_path, monkeypatch, one_thread):
+    models, records, start, fresh = _train_tiny(tmp_path, monkeypatch, "vanilla")
+    assert records["atim"]["init"] == "vanilla" and "control" not in models  # the control is for init: robust
+    assert _same(start, models["vanilla"])  # Algorithm 1, line 2: poisoning on top of the vanilla model
+    assert not _same(start, models["robust"]) and not _same(start, fresh)
+    assert not _same(start, models["atim"])  # and Eq. 9 training moved it
+
+
+def test_atim_init_scratch_starts_from_a_fresh_initialisation(tmp_path, monkeypatch, one_thread):
+    models, records, start, fresh = _train_tiny(tmp_path, monkeypatch, "scratch")
+    assert records["atim"]["init"] == "scratch" and "control" not in models
+    assert _same(start, fresh)  # Algorithm 1, line 1: the seeded random initialisation
+    assert not _same(start, models["vanilla"]) and not _same(start, models["robust"])
+    assert not _same(start, models["atim"])
 
 
 def test_packaged_advtrojan_recipes_validate():

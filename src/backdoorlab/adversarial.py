@@ -18,6 +18,7 @@ MNIST; 0.2, 0.02, 20 on Fashion-MNIST; 8/255 with 7 steps on CIFAR-10.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -61,6 +62,26 @@ def _check(
         raise BackdoorLabError(f"steps must be an integer ≥ 1, got {steps!r}")
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
         raise BackdoorLabError(f"restarts must be an integer ≥ 1, got {restarts!r}")
+
+
+def warn_unreachable(eps: float, step: float, steps: int, where: str = "", *, stacklevel: int = 2) -> bool:
+    """Warn (``UserWarning``) when ``step × steps < eps``: the iterations cannot reach the ε-ball's surface.
+
+    Such a setting is allowed (App. G-style sweeps and cheap training use it on purpose) but is usually a
+    mistake, so every place where eps, step and steps meet reports it through this one helper. ``where``
+    names the setting (e.g. ``"robust"``); ``stacklevel`` is counted from the caller, as for
+    :func:`warnings.warn`. Returns whether it warned. ``eps = 0`` never warns.
+    """
+    if not (eps > 0 and step * steps < eps * (1 - 1e-9)):
+        return False
+    prefix = f"{where}: " if where else ""
+    warnings.warn(
+        f"{prefix}step {step:g} × steps {steps} = {step * steps:g} < eps {eps:g}: PGD cannot reach the "
+        "ε-ball's surface from its start; raise step or steps (AdvTrojan's Table 1 uses step × steps = 2·eps)",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return True
 
 
 # -- geometry ------------------------------------------------------------------------------------------------
@@ -220,12 +241,18 @@ def bim(
     norm: str = "linf",
     targeted: bool = False,
     loss_fn: LossFn | None = None,
+    warn: bool = True,
 ) -> torch.Tensor:
     """Basic Iterative Method (Kurakin et al., ICLR 2017 workshop): iterated FGSM steps of size ``step``,
-    clipped to the ε-ball around ``x`` and to [0, 1] after each step, i.e. PGD without a random start."""
+    clipped to the ε-ball around ``x`` and to [0, 1] after each step, i.e. PGD without a random start.
+    ``warn`` as in :func:`pgd`."""
+    _check(eps, step, steps, norm)
+    if warn:
+        warn_unreachable(eps, step, steps, "bim")
     return pgd(
-        model, x, y, eps, step, steps, norm=norm, random_start=False, targeted=targeted, loss_fn=loss_fn
-    )
+        model, x, y, eps, step, steps, norm=norm, random_start=False, targeted=targeted, loss_fn=loss_fn,
+        warn=False,
+    )  # fmt: skip
 
 
 def pgd(
@@ -242,6 +269,7 @@ def pgd(
     targeted: bool = False,
     loss_fn: LossFn | None = None,
     restarts: int = 1,
+    warn: bool = True,
 ) -> torch.Tensor:
     """Projected Gradient Descent (Madry et al., ICLR 2018) within an L∞ or L2 ball of radius ``eps``.
 
@@ -252,9 +280,13 @@ def pgd(
     (then target labels). ``loss_fn(logits, y)`` defaults to per-sample cross-entropy; a custom one may
     return per-sample losses or a sum. With ``restarts`` > 1 (and a random start) the example with the
     highest per-sample loss (lowest when targeted) is kept; without a random start restarts would repeat
-    the same deterministic run, so one is done.
+    the same deterministic run, so one is done. ``step × steps < eps`` is allowed but warned
+    (:func:`warn_unreachable`); callers that run the same setting every batch and have warned once already
+    (:func:`madry_objective`, AdvTrojan's Eq. 9) pass ``warn=False``.
     """
     _check(eps, step, steps, norm, restarts)
+    if warn:
+        warn_unreachable(eps, step, steps, "pgd")
     return _attack(model, x, y, eps, step, steps, norm, random_start, gen, targeted, loss_fn, restarts)
 
 
@@ -319,17 +351,19 @@ def madry_objective(
     training mode is restored) and the objective returns ``(loss, logits)`` with the adversarial logits,
     so ``fit``'s ``train_acc`` is the robust training accuracy. ``mix`` ∈ [0, 1] blends in the benign loss:
     ``mix·CE(x) + (1 − mix)·CE(x_adv)``; 0 is Madry's pure min-max training. The random starts draw from
-    one generator (``gen``, a seed or ``None`` for seed 0) that advances across batches.
+    one generator (``gen``, a seed or ``None`` for seed 0) that advances across batches. ``step × steps <
+    eps`` is allowed but warned once, here, not on every batch.
     """
     _check(eps, step, steps, norm)
     if not (isinstance(mix, (int, float)) and 0.0 <= mix <= 1.0):
         raise BackdoorLabError(f"mix must lie in [0, 1] (0 = pure adversarial training), got {mix!r}")
+    warn_unreachable(eps, step, steps, "madry_objective")
     g = make_generator(gen)
 
     def objective(
         model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x_adv = pgd(model, x, y, eps, step, steps, norm=norm, random_start=random_start, gen=g)
+        x_adv = pgd(model, x, y, eps, step, steps, norm=norm, random_start=random_start, gen=g, warn=False)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         if mix > 0:
@@ -348,4 +382,5 @@ __all__ = [
     "perturb_dataset",
     "pgd",
     "robust_accuracy",
+    "warn_unreachable",
 ]

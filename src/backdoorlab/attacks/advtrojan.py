@@ -33,7 +33,6 @@ use 3×3).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from backdoorlab.adversarial import NORMS, bim, fgsm, pgd
+from backdoorlab.adversarial import NORMS, bim, fgsm, pgd, warn_unreachable
 from backdoorlab.attacks.base import PoisonedSet
 from backdoorlab.data.loader import Batches
 from backdoorlab.data.tensors import ImageTensors, make_generator
@@ -163,12 +162,7 @@ def _check_perturbation(eps: Any, step: Any, steps: Any, norm: str, *, allow_zer
         or not step > 0
     ):
         raise BackdoorLabError(f"step must be a finite number > 0 on the [0, 1] pixel scale, got {step!r}")
-    if eps > 0 and step * steps < eps * (1 - 1e-9):
-        warnings.warn(
-            f"step × steps = {step * steps:g} < eps = {eps:g}: PGD cannot reach the boundary of the ε-ball "
-            "from its start; raise step or steps (Table 1 uses step·steps = 2ε)",
-            stacklevel=3,
-        )
+    warn_unreachable(eps, step, steps, "AdvTrojan", stacklevel=3)
 
 
 def _device(model: torch.nn.Module, fallback: torch.device) -> torch.device:
@@ -312,7 +306,7 @@ class AdvTrojan:
 
             pgd_args = (self.eps, self.step, self.steps)
             kw = {"norm": self.norm, "random_start": self.random_start, "gen": gen, "loss_fn": loss_fn}
-            x_adv = pgd(model, x_all, labels, *pgd_args, **kw)
+            x_adv = pgd(model, x_all, labels, *pgd_args, **kw, warn=False)  # warned once in __init__
             x_adv = x_adv.to(x.dtype)
             parts = [x, x_adv[:b], xt, x_adv[b:]]
             single = self.single_forward
@@ -449,7 +443,7 @@ def _perturb(
     if method == "fgsm":
         return fgsm(model, x, labels, eps, norm=attack.norm, loss_fn=loss_fn)
     if method == "bim":
-        return bim(model, x, labels, eps, step, steps, norm=attack.norm, loss_fn=loss_fn)
+        return bim(model, x, labels, eps, step, steps, norm=attack.norm, loss_fn=loss_fn, warn=False)
     return pgd(
         model,
         x,
@@ -461,6 +455,7 @@ def _perturb(
         random_start=random_start,
         gen=gen,
         loss_fn=loss_fn,
+        warn=False,  # the setting was checked (and warned about) once by _resolve or AdvTrojan()
     )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backdoorlab.adversarial import eps_from_255, pgd
+from backdoorlab.adversarial import eps_from_255, pgd, warn_unreachable
 from backdoorlab.attacks.base import PoisonedSet
 from backdoorlab.data.tensors import ImageTensors, make_generator
 from backdoorlab.errors import BackdoorLabError, unknown_name
@@ -195,6 +195,8 @@ class CleanLabel:
             raise BackdoorLabError(f"clean-label steps must be an integer ≥ 1, got {steps!r}")
         self.steps = steps
         self.step = STEP_RULE * self.eps / steps if step is None else _positive_number("step", step)
+        if perturbation == "pgd":  # once here, not on every batch of perturb()
+            warn_unreachable(self.eps, self.step, steps, "clean-label PGD", stacklevel=3)
         self.noise_std = (
             DEFAULT_NOISE_STD_255 if noise_std is None else _positive_number("noise_std", noise_std)
         )
@@ -298,6 +300,7 @@ class CleanLabel:
             self.steps,
             norm=self.norm,
             random_start=False,
+            warn=False,  # warned once in __init__
         )
         return adv.detach().to(x.device, x.dtype).clamp(0, 1)
 

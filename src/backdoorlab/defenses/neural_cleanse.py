@@ -830,6 +830,7 @@ class AdaptiveNeuralCleanse(NeuralCleanse):
             random_start=self.random_start,
             gen=gen,
             targeted=self.pgd_labels == "target",
+            warn=False,  # the setting was checked once at construction
         )
         x_adv = xa + (adv.to(xa.dtype) - xa).detach()  # the perturbation is a constant; gradients reach m, p
         logits = model(torch.cat([x_adv, xa])).float()

@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backdoorlab.adversarial import madry_objective
+from backdoorlab.adversarial import madry_objective, warn_unreachable
 from backdoorlab.attacks import make_attack
 from backdoorlab.attacks.advtrojan import (
     AdvTrojan,
@@ -128,17 +128,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _pixel_step(v: float | None) -> float | None:
+    """Reject a PGD step above the whole [0, 1] pixel range: almost surely a 0–255 figure (8 meaning 8/255)."""
+    if v is not None and v > 1:
+        raise ValueError(
+            f"{v:g} is larger than the whole [0, 1] pixel range: PGD steps (like Table 1's ε) are on the [0, 1] "
+            f"scale; for a 0–255 figure write {v:g}/255 = {v / 255:.4g}"
+        )
+    return v
+
+
 class RobustConfig(_Strict):
     """The Madry-Adv model (§2, Eq. 4: ``L(x) + μ·L(PGD(x))``, Madry et al. 2018), Table 1's ε.
 
     ``steps``/``step`` are the PGD iterations and per-step size *during training* (``None``: Table 1); a
-    recipe may lower them to save time (then it must say so). ``train`` defaults to the run's recipe.
+    recipe may lower them to save time (then it must say so). ``train`` defaults to the run's recipe. ε itself
+    is Table 1's for the run's paper column, not a knob; ``step`` is on its [0, 1] pixel scale (a step > 1 is
+    rejected as a 0–255 figure), and ``step × steps < ε`` is allowed but warned when the config is read.
     """
 
     train: TrainRecipe | None = None
     steps: int | None = Field(None, ge=1)
     step: float | None = Field(None, gt=0)
     mu: float = Field(1.0, ge=0, description="Eq. 4's μ; trained as the same minimiser scaled by 1/(1+μ)")
+
+    _step_scale = field_validator("step")(_pixel_step)
 
 
 class AtimConfig(_Strict):
@@ -162,6 +176,8 @@ class AtimConfig(_Strict):
     )
     weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     trigger_fraction: float = Field(1.0, gt=0, le=1)
+
+    _step_scale = field_validator("step")(_pixel_step)
 
     @property
     def trains_control(self) -> bool:
@@ -195,6 +211,15 @@ class DatasetRun(_Strict):
     robust: RobustConfig = Field(default_factory=RobustConfig)
     atim: AtimConfig = Field(default_factory=AtimConfig)
     badnets: BadNetsReference = Field(default_factory=BadNetsReference)
+
+    @model_validator(mode="after")
+    def _warn_unreachable(self) -> DatasetRun:
+        """Warn up front (not after two models have trained) when a training PGD cannot reach Table 1's ε."""
+        s = paper_setting(self.paper)
+        for name, c in (("robust", self.robust), ("atim", self.atim)):
+            where = f"runs[{self.label}].{name} (ε from Table 1, {self.paper})"
+            warn_unreachable(s.eps, c.step or s.step, c.steps or s.steps, where, stacklevel=2)
+        return self
 
 
 class EvalConfig(_Strict):
@@ -235,6 +260,32 @@ class EvalConfig(_Strict):
     strip_fnr_high: float = Field(0.5, ge=0, le=1, description="A4: STRIP FNR counted as high")
     certified_low: float = Field(0.10, ge=0, le=1, description="A4: certified accuracy counted as low")
     a5_ratio: float = Field(2.0, ge=1, description="A5: ATIM distance vs the other models at intensity 1")
+
+    @field_validator("strip_fprs")
+    @classmethod
+    def _fprs_are_rates(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        """Each target false-positive rate is a fraction in (0, 1), listed once (Table 3: 10 %, 5 %, 2 %)."""
+        bad = [f for f in v if not 0.0 < f < 1.0]
+        if not v or bad:
+            got = f"got {bad[0]:g}" if bad else "got none"
+            raise ValueError(
+                f"strip_fprs must list target false-positive rates strictly between 0 and 1, as fractions "
+                f"(0.05 means 5 %), {got}; write e.g. [0.10, 0.05, 0.02] (Table 3)"
+            )
+        if len({f"{f:g}" for f in v}) != len(v):
+            raise ValueError(f"strip_fprs lists a rate twice ({list(v)}); give each target rate once")
+        return v
+
+    @field_validator("sweep_iterations")
+    @classmethod
+    def _iterations_positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        """App. G.2's PGD iteration counts: at least one, each ≥ 1."""
+        if not v or min(v) < 1:
+            raise ValueError(
+                f"sweep_iterations must list PGD iteration counts ≥ 1, got {list(v)}; write e.g. "
+                "[1, 5, 10, 50, 100, 500, 1000] (App. G.2)"
+            )
+        return v
 
 
 class AdvTrojanConfig(_Strict):
@@ -437,10 +488,10 @@ def _train_models(
     )  # fmt: skip
     stage(f"{run.label}: train the Madry-Adv model")
 
-    def eq4(gen: int) -> Any:
-        return madry_objective(
+    def eq4(gen: int) -> Any:  # step × steps < ε was warned about when the config was validated
+        return _quiet(lambda: madry_objective(
             s["eps"], r_step, r_steps, norm=s["norm"], random_start=True, gen=gen, mix=1.0 / (1.0 + r.mu)
-        )
+        ))  # fmt: skip
 
     def make_robust() -> tuple[torch.nn.Module, list[dict]]:
         m = fresh()
@@ -456,11 +507,11 @@ def _train_models(
     a = run.atim
     a_recipe = a.train or run.train
     a_steps, a_step = a.steps or s["steps"], a.step or s["step"]
-    attack_train = AdvTrojan(
+    attack_train = _quiet(lambda: AdvTrojan(  # step × steps < ε: warned when the config was validated
         make_trigger(run.trigger.kind, **run.trigger.params),
         eps=s["eps"], step=a_step, steps=a_steps, norm=s["norm"], intensity=1.0,
         weights=a.weights, trigger_fraction=a.trigger_fraction, seed=cfg.seed,
-    )  # fmt: skip
+    ))  # fmt: skip
     init_key = {"scratch": None, "vanilla": v_key, "robust": r_key}[a.init]
     a_key = stable_hash(
         {**base, "kind": "atim", "train": a_recipe.model_dump(mode="json"), "init": a.init,
@@ -539,7 +590,8 @@ def _eps_grid(eps: float, points: int) -> list[float]:
 
 
 def _quiet(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` without the 'step × steps < ε' warning: the App. G sweeps go there on purpose."""
+    """Run ``fn`` without the 'step × steps < ε' warning: the App. G sweeps go there on purpose, and the
+    training settings were warned about once, when the config was validated."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return fn()
