@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _progress import StagePrinter
 
 from backdoorlab.experiments.reproduce import recipe_path
 from backdoorlab.fileio import write_atomic
@@ -131,14 +132,8 @@ def main() -> None:
     cfg = load_advtrojan_config(recipe)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    last = [t0]
 
-    def progress(stage: str, done: int, total: int) -> None:
-        now = time.time()
-        print(f"[{done:3d}/{total}] {stage}  (+{now - last[0]:.0f} s)", flush=True)
-        last[0] = now
-
-    res = run_advtrojan(cfg, args.home, progress)
+    res = run_advtrojan(cfg, args.home, StagePrinter())
     minutes = (time.time() - t0) / 60
     shown = "" if args.recipe is None else f" --recipe {args.recipe}"
     command = f"python benchmarks/advtrojan.py{shown} --home {args.home} --threads {args.threads}"

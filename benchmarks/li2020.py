@@ -13,6 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
+from _progress import StagePrinter
+
 from backdoorlab.experiments.reproduce import recipe_path
 from backdoorlab.papers.li2020 import claims_markdown, load_li2020_config, run_li2020
 
@@ -26,14 +28,8 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_li2020_config(recipe_path("li2020", args.scale))
     t0 = time.time()
-    last = [t0]
 
-    def progress(stage: str, done: int, total: int) -> None:
-        now = time.time()
-        print(f"[{done:2d}/{total}] {stage}  (+{now - last[0]:.0f} s)", flush=True)
-        last[0] = now
-
-    res = run_li2020(cfg, args.home, progress)
+    res = run_li2020(cfg, args.home, StagePrinter())
     minutes = (time.time() - t0) / 60
     md = claims_markdown(res["claims"], cfg)
     md += (

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from _progress import StagePrinter
 
 from backdoorlab.experiments.reproduce import recipe_path
 from backdoorlab.fileio import write_atomic
@@ -42,15 +43,10 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_sun2020_config(recipe_path("sun2020", args.scale)).model_copy(update={"threads": args.threads})
     t0 = time.time()
-    last = [t0]
 
-    def progress(stage: str, done: int, total: int) -> None:
-        now = time.time()
-        if done == total or now - last[0] > 20 or ":" not in stage.removeprefix("sun2020: "):
-            print(f"[{done:3d}/{total}] {stage}  (+{now - last[0]:.0f} s)", flush=True)
-            last[0] = now
-
-    res = run_sun2020(cfg, args.home, progress)
+    res = run_sun2020(
+        cfg, args.home, StagePrinter(lambda s, d, t: d != t and ":" in s.removeprefix("sun2020: "))
+    )
     minutes = (time.time() - t0) / 60
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     md = claims_markdown(res["claims"], cfg, res)

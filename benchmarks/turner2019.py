@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from _progress import StagePrinter
 
 from backdoorlab.experiments.reproduce import recipe_path
 from backdoorlab.fileio import write_atomic
@@ -31,16 +32,10 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_turner2019_config(recipe_path("turner2019", args.scale))
     t0 = time.time()
-    last = [t0]
-
-    def progress(stage: str, done: int, total: int) -> None:
-        now = time.time()
-        print(f"[{done:3d}/{total}] {stage}  (+{now - last[0]:.0f} s)", flush=True)
-        last[0] = now
 
     if args.workers > 1:
         torch.set_num_threads(1)  # the main process trains the clean references beside the workers
-    res = run_turner2019(cfg, args.home, progress, workers=args.workers)
+    res = run_turner2019(cfg, args.home, StagePrinter(), workers=args.workers)
     minutes = (time.time() - t0) / 60
     md = claims_markdown(res["claims"], cfg)
     md += (
