@@ -162,6 +162,8 @@ def audit_files(tmp_path):
         (["--n-images", "0"], "--n-images: n_images must be an integer ≥ 1"),
         (["--n-eval", "-1"], "--n-eval: n_eval must be an integer ≥ 1"),
         (["--seed", "-1"], "--seed: seed must be an integer ≥ 0"),
+        (["--steps", "0"], "--steps: steps must be an integer ≥ 1"),
+        (["--m", "0"], "--m: m must be an integer ≥ 1"),
         (["--data-option", "size"], "--data-option 'size': write it as key=value"),
     ],
 )
@@ -242,8 +244,9 @@ def test_audit_sigma_defaults_to_the_denoiser_files(tmp_path, audit_files, monke
     ref.write_text(json.dumps({"success_percent": [[10.0, 60.0, 5.0], [20.0, 0.0, 0.0]]}))
     seen.clear()
     with pytest.raises(Stop):
-        main([*argv, *flags, "--reference", str(ref), "--reference", str(ref)])
+        main([*argv, *flags, "--reference", str(ref), "--reference", str(ref), "--steps", "7", "--m", "3"])
     assert len(seen["reference"]) == 2
+    assert (seen["steps"], seen["m"]) == (7, 3)
     assert seen["reference"][0].tolist() == pytest.approx([0.2, 0.6, 0.05])
 
 

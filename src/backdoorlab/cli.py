@@ -390,6 +390,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             denoiser=args.denoiser,
             n_images=args.n_images,
             n_eval=args.n_eval,
+            steps=args.steps,
+            m=args.m,
             reference=args.reference or (),
         )
     finally:
@@ -547,6 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="held-out images to measure triggers on (default 50; --quick: 60)",
+    )
+    sp.add_argument(
+        "--steps", type=int, metavar="N", help="SmoothAdv PGD steps (default 100, the paper's; --quick: 30)"
+    )
+    sp.add_argument(
+        "--m",
+        type=int,
+        metavar="N",
+        help="noise draws per image in SmoothAdv (default 8; the paper's 16 costs twice as much; --quick: 4)",
     )
     sp.add_argument(
         "--reference",

@@ -723,6 +723,8 @@ def run_audit_cli(
     denoiser: str | Path | None = None,
     n_images: int | None = None,
     n_eval: int | None = None,
+    steps: int | None = None,
+    m: int | None = None,
     reference: Sequence[str | Path] = (),
 ) -> Path:
     """``backdoorlab audit MODEL --data NAME``: load the model safely (safetensors only), audit it on the data
@@ -732,8 +734,8 @@ def run_audit_cli(
     m = 4, 6 probe images). ``progress(stage, done, total)`` is the CLI's progress-bar callback.
 
     ``data_options`` go to the data set's loader (``root=`` for cifar10, mnist, fashion-mnist and ``folder``;
-    no other path is read). ``sigma`` (default 0.5, or the ``denoiser`` file's σ), ``eps``, ``n_images`` and
-    ``n_eval`` are :func:`audit`'s (None: its default, or ``quick``'s); ``denoiser`` a denoiser file written by
+    no other path is read). ``sigma`` (default 0.5, or the ``denoiser`` file's σ), ``eps``, ``n_images``,
+    ``n_eval``, ``steps`` and ``m`` are :func:`audit`'s (None: its default, or ``quick``'s); ``denoiser`` a denoiser file written by
     :func:`~backdoorlab.audit.denoiser.save_denoiser` (safetensors, checked; nothing is unpickled) used
     instead of training one. ``reference``: JSON summaries this function wrote for audits of known-clean models
     (:func:`read_reference`); their success rates become :func:`audit`'s ``reference``. Every bad value is checked before anything is loaded and raises a
@@ -757,6 +759,10 @@ def run_audit_cli(
         kwargs["n_eval"] = _flag(
             "--n-eval", lambda: _check_int(n_eval, "n_eval", "held-out images to measure triggers on")
         )
+    if steps is not None:
+        kwargs["steps"] = _flag("--steps", lambda: _check_int(steps, "steps", "PGD steps"))
+    if m is not None:
+        kwargs["m"] = _flag("--m", lambda: _check_int(m, "m", "noise draws per image"))
     seed = _flag("--seed", lambda: _check_int(seed, "seed", "random seed", low=0))
     den: DnCNN | None = None
     den_path: Path | None = None
