@@ -444,10 +444,18 @@ def _int_param(name: str, value: Any, low: int = 1) -> int:
     return int(value)
 
 
-def _unit_param(name: str, value: Any, low: float = 0.0, high: float = 1.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high:
+def _unit_param(
+    name: str, value: Any, low: float = 0.0, high: float = 1.0, *, open_low: bool = False, hint: str = ""
+) -> float:
+    """``value`` as a float in ``[low, high]`` (``(low, high]`` with ``open_low``), else a named error.
+
+    Compared as given, so NaN fails and an int too large for a float cannot overflow; ``hint`` ends the message.
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and (low < value if open_low else low <= value) and value <= high):
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}]"
         raise BackdoorLabError(
-            f"trigger parameter {name!r} must be a number in [{low:g}, {high:g}], got {value!r}"
+            f"trigger parameter {name!r} must be a number in {interval}{hint}, got {value!r}"
         )
     return float(value)
 
@@ -518,24 +526,14 @@ def turner_pattern(placement: PlacementLike = "bottom-right") -> Trigger:
     )
 
 
-def _amplitude(value: Any) -> float:
-    """An additive trigger amplitude on the 0–255 scale: a number in (0, 255] (0 would add nothing)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (ok and 0.0 < value <= 255.0):  # compared as given: a huge int cannot overflow, NaN fails
-        raise BackdoorLabError(
-            f"trigger parameter 'amplitude' must be a number in (0, 255] on the 0–255 pixel scale "
-            f"(Turner App. B.1: 16, 32, 64, 255), got {value!r}"
-        )
-    return float(value)
-
-
 def turner_amplitude(amplitude: float, placement: PlacementLike = "bottom-right") -> Trigger:
     """Turner et al. 2019 (App. B.1): the reduced-amplitude trigger, added instead of pasted.
 
     ``amplitude`` is on the paper's 0–255 scale (e.g. 16, 32, 64, 255) and is divided by 255 here: the image
     gets ``+a/255`` on W pixels and ``−a/255`` on B pixels, then is clipped to [0, 1].
     """
-    a = _amplitude(amplitude) / 255.0
+    hint = " on the 0–255 pixel scale (Turner App. B.1: 16, 32, 64, 255)"
+    a = _unit_param("amplitude", amplitude, 0.0, 255.0, open_low=True, hint=hint) / 255.0
     pattern = (a * (2 * _TURNER_W - 1))[None].clone()
     spec = {"kind": "turner-amplitude", "amplitude": float(amplitude)}
     return Trigger(pattern, torch.ones(1, 3, 3), "add", Placement.parse(placement), spec)
