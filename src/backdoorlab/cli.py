@@ -541,24 +541,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a backdoorlab DnCNN denoiser file (.safetensors) to use instead of training one",
     )
-    sp.add_argument(
-        "--n-images", type=int, metavar="N", help="probe images to attack (default 10; --quick: 6)"
-    )
-    sp.add_argument(
-        "--n-eval",
-        type=int,
-        metavar="N",
-        help="held-out images to measure triggers on (default 50; --quick: 60)",
-    )
-    sp.add_argument(
-        "--steps", type=int, metavar="N", help="SmoothAdv PGD steps (default 100, the paper's; --quick: 30)"
-    )
-    sp.add_argument(
-        "--m",
-        type=int,
-        metavar="N",
-        help="noise draws per image in SmoothAdv (default 8; the paper's 16 costs twice as much; --quick: 4)",
-    )
+    for flag, what in (
+        ("--n-images", "probe images to attack (default 10; --quick: 6)"),
+        ("--n-eval", "held-out images to measure triggers on (default 50; --quick: 60)"),
+        ("--steps", "SmoothAdv PGD steps (default 100, the paper's; --quick: 30)"),
+        (
+            "--m",
+            "noise draws per image in SmoothAdv (default 8; the paper's 16 costs twice as much; --quick: 4)",
+        ),
+    ):
+        sp.add_argument(flag, type=int, metavar="N", help=what)
     sp.add_argument(
         "--reference",
         action="append",

@@ -154,6 +154,15 @@ class AuditResult:
 
 
 # -- checks ---------------------------------------------------------------------------------------------------
+# what each of audit()'s counts counts (its error messages and the CLI's)
+COUNTS = {
+    "m": "noise draws per image",
+    "steps": "PGD steps",
+    "n_images": "probe images to attack",
+    "n_eval": "held-out images to measure triggers on",
+}
+
+
 def _check_int(value: object, name: str, what: str, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise BackdoorLabError(f"{name} must be an integer ≥ {low} ({what}), got {value!r}")
@@ -422,10 +431,10 @@ def audit(
     sigma = check_sigma(sigma)
     c, h, w = clean.shape
     eps = scale_eps(PAPER_EPS, PAPER_PIXELS, c * h * w) if eps is None else _check_eps(eps)
-    m = _check_int(m, "m", "noise draws per image")
-    steps = _check_int(steps, "steps", "PGD steps")
-    n_images = _check_int(n_images, "n_images", "probe images to attack")
-    n_eval = _check_int(n_eval, "n_eval", "held-out images to measure triggers on")
+    m, steps, n_images, n_eval = (
+        _check_int(v, name, COUNTS[name])
+        for v, name in ((m, "m"), (steps, "steps"), (n_images, "n_images"), (n_eval, "n_eval"))
+    )
     n_null = _check_int(n_null, "n_null", "random patches for the null", low=2)
     regions_per_image = _check_int(regions_per_image, "regions_per_image", "candidate regions per image")
     seed = _check_int(seed, "seed", "random seed", low=0)
@@ -658,10 +667,10 @@ def _evidence(
 QUICK = {"steps": 30, "m": 4, "n_images": 6, "n_eval": 60, "reps": 5, "n_null": 24}
 
 
-def _flag(flag: str, check: Callable[[], Any]) -> Any:
-    """Run one of the audit's own checks, naming the command-line ``flag`` in its error."""
+def _flag(flag: str, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``check(*args, **kwargs)``, one of the audit's own checks, naming the command-line ``flag`` in its error."""
     try:
-        return check()
+        return check(*args, **kwargs)
     except BackdoorLabError as exc:
         raise BackdoorLabError(f"{flag}: {exc}") from None
 
@@ -748,22 +757,14 @@ def run_audit_cli(
     # the flags first: a typo should not cost a data set load
     kwargs: dict[str, Any] = dict(QUICK) if quick else {}
     if sigma is not None:
-        kwargs["sigma"] = _flag("--sigma", lambda: check_sigma(sigma))
+        kwargs["sigma"] = _flag("--sigma", check_sigma, sigma)
     if eps is not None:
-        kwargs["eps"] = _flag("--eps", lambda: _check_eps(eps))
-    if n_images is not None:
-        kwargs["n_images"] = _flag(
-            "--n-images", lambda: _check_int(n_images, "n_images", "probe images to attack")
-        )
-    if n_eval is not None:
-        kwargs["n_eval"] = _flag(
-            "--n-eval", lambda: _check_int(n_eval, "n_eval", "held-out images to measure triggers on")
-        )
-    if steps is not None:
-        kwargs["steps"] = _flag("--steps", lambda: _check_int(steps, "steps", "PGD steps"))
-    if m is not None:
-        kwargs["m"] = _flag("--m", lambda: _check_int(m, "m", "noise draws per image"))
-    seed = _flag("--seed", lambda: _check_int(seed, "seed", "random seed", low=0))
+        kwargs["eps"] = _flag("--eps", _check_eps, eps)
+    counts = {"n_images": n_images, "n_eval": n_eval, "steps": steps, "m": m}
+    for name, value in counts.items():
+        if value is not None:
+            kwargs[name] = _flag(f"--{name.replace('_', '-')}", _check_int, value, name, COUNTS[name])
+    seed = _flag("--seed", _check_int, seed, "seed", "random seed", low=0)
     den: DnCNN | None = None
     den_path: Path | None = None
     if denoiser is not None:
