@@ -1295,7 +1295,7 @@ def _multiclass(ctx: _Context, stage: Stages) -> dict[str, Any] | None:
         out["single"].append(row)
     # multi-source: every non-target class of the multi-class set is a source (pair 0's target and trigger)
     t = cfg.pairs[0][1]
-    if t in pos:
+    if multisource_runs(cfg):  # the same rule the config's attacker-image check applies
         stage("multi-source poisons (§4.7)")
         sources = [c for c in classes if c != t]
         trig = ctx.trigger(0, cfg.trigger_size)
