@@ -70,10 +70,7 @@ def main() -> None:
     t_start = time.perf_counter()
     cfg = load_sun2020_config(recipe_path("sun2020", "small"))
     ctx = _Context(cfg, Workspace(Path(args.home)), None)
-    for spec in sorted(
-        cfg.models, key=lambda m: m.victim == "transfer"
-    ):  # transfer victims need their extractor
-        ctx.victims[spec.name] = ctx.scratch(spec) if spec.victim == "scratch" else ctx.transfer(spec)
+    ctx.train_victims()
     names = args.models or [m.name for m in cfg.models]
     gen = torch.Generator().manual_seed(0)
     rows = []

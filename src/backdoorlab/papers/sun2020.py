@@ -543,6 +543,14 @@ class _Context:
         }
         return Victim(spec, run.victim.eval(), test, bd, info)
 
+    def train_victims(self, stage: Callable[[str], None] | None = None) -> None:
+        """Train every suite model, or load it from the cache, into :attr:`victims`; scratch victims first,
+        since a transfer victim starts from one of them. ``stage(name)`` announces each."""
+        for spec in sorted(self.cfg.models, key=lambda m: m.victim == "transfer"):
+            if stage is not None:
+                stage(f"train {spec.name}")
+            self.victims[spec.name] = self.scratch(spec) if spec.victim == "scratch" else self.transfer(spec)
+
     def extractor(self, key: str) -> nn.Module:
         ds = self.cfg.datasets[key]
         if ds.pretrained is not None:
@@ -926,11 +934,7 @@ def _run(
     stage = Stages("sun2020", progress, total=1 + 2 * n + 4)
     stage("data")
     ctx = _Context(cfg, ws, progress)
-    # scratch victims first: a transfer victim starts from one of them
-    order = sorted(cfg.models, key=lambda m: m.victim == "transfer")
-    for spec in order:
-        stage(f"train {spec.name}")
-        ctx.victims[spec.name] = ctx.scratch(spec) if spec.victim == "scratch" else ctx.transfer(spec)
+    ctx.train_victims(stage)
     results: dict[str, AuditResult] = {}
     rows = []
     for spec in cfg.models:
