@@ -13,7 +13,6 @@ the HTML report with every figure lands in ``<home>/reproductions/<name>/``.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 from pathlib import Path
@@ -31,46 +30,13 @@ from backdoorlab.papers.advtrojan import (
     AdvTrojanConfig,
     load_advtrojan_config,
     run_advtrojan,
+    table5_rows,
 )
 from backdoorlab.papers.claims import claims_table
 
 RESULTS = Path(__file__).parent / "results"
 OUT = RESULTS / "advtrojan_run.md"
 HAND_WRITTEN = RESULTS / "advtrojan.md"
-# Table 5's rows: (key in table5_accuracies, label); the certified row comes from certify_eq10
-TABLE5_ROWS = (
-    ("benign", "Benign-Exps"),
-    ("pgd", "Madry-Exps (PGD)"),
-    ("trigger", "Trigger only"),
-    ("advtrojan", "AdvTrojan"),
-    ("certified", "AdvTrojan + Certified Acc (Eq. 10)"),
-    ("transferred_advtrojan", "Transferred AdvTrojan"),
-)
-
-
-def _pct(v: Any) -> str:
-    """A fraction as a percentage; '—' for missing or NaN values."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    return f"{100 * v:.2f} %"
-
-
-def table5_rows(r: dict[str, Any], paper_column: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of Table 5 for one run: every trained model side by side, then the paper's ATIM."""
-    columns: dict[str, dict[str, Any]] = {m: r["table5"][m] for m in MODELS}
-    if r.get("control") is not None:
-        columns["control"] = r["control"]
-    paper = PAPER[paper_column]
-    head = ["examples", *(MODEL_NAMES[m] for m in columns), f"paper ATIM ({paper['title']})"]
-    rows = []
-    for key, label in TABLE5_ROWS:
-        if key == "certified":
-            cert = r["certified"]
-            vals = [_pct(cert[m]["advtrojan"]["certified_acc"]) if m in cert else "—" for m in columns]
-        else:
-            vals = [_pct(v.get(key)) for v in columns.values()]
-        rows.append([label, *vals, _pct(paper["table5"].get(key))])
-    return head, rows
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:

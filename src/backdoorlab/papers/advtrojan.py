@@ -1082,6 +1082,34 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# Table 5's rows: (key of table5_accuracies / the paper's table, label); "certified" comes from certify_eq10
+TABLE5_ROWS = (
+    ("benign", "Benign-Exps"),
+    ("pgd", "Madry-Exps"),
+    ("trigger", "Trigger only"),
+    ("advtrojan", "AdvTrojan"),
+    ("certified", "AdvTrojan + Certified Acc (Eq. 10)"),
+    ("transferred_advtrojan", "Transferred AdvTrojan"),
+)
+
+
+def table5_rows(r: dict[str, Any], paper_column: PaperColumn) -> tuple[list[str], list[list[str]]]:
+    """Table 5 of one run's results as text: the header and one row per :data:`TABLE5_ROWS`, every trained
+    model side by side (A1's control when it was trained; it is not certified), then the paper's ATIM."""
+    columns = {m: r["table5"][m] for m in MODELS}
+    if r.get("control") is not None:
+        columns["control"] = r["control"]
+    paper, cert = PAPER[paper_column], r["certified"]
+    rows = []
+    for key, label in TABLE5_ROWS:
+        if key == "certified":
+            vals = [_fmt(cert[m]["advtrojan"]["certified_acc"]) if m in cert else "—" for m in columns]
+        else:
+            vals = [_fmt(v.get(key)) for v in columns.values()]
+        rows.append([label, *vals, _fmt(paper["table5"].get(key))])
+    return ["examples", *(MODEL_NAMES[m] for m in columns), f"paper ATIM ({paper['title']})"], rows
+
+
 def _run_section(run: DatasetRun, r: dict[str, Any], figs: dict[str, str], ev: EvalConfig) -> str:
     p = PAPER[run.paper]
     esc = html.escape
@@ -1109,31 +1137,11 @@ def _run_section(run: DatasetRun, r: dict[str, Any], figs: dict[str, str], ev: E
         f"intensity {r['test_intensity']:g} at test time (§4), 1 in training.</p>",
     ]  # fmt: skip
     # one column per model; A1's control (not certified) joins when it was trained
-    ctl = r.get("control")
-    columns = {m: t5[m] for m in MODELS} | ({"control": ctl} if ctl is not None else {})
-    cert = r["certified"]
-    rows = [
-        [label, *(_fmt(v.get(key)) for v in columns.values()), _fmt(p["table5"].get(key))]
-        for key, label in (
-            ("benign", "Benign-Exps"),
-            ("pgd", "Madry-Exps"),
-            ("trigger", "Trigger only"),
-            ("advtrojan", "AdvTrojan"),
-            ("transferred_advtrojan", "Transferred AdvTrojan"),
-        )
-    ]
-    rows.insert(
-        4,
-        [
-            "AdvTrojan + Certified Acc (Eq. 10)",
-            *(_fmt(cert[m]["advtrojan"]["certified_acc"]) if m in cert else "—" for m in columns),
-            _fmt(p["table5"]["certified"]),
-        ],
-    )
-    head = ["examples", *(MODEL_NAMES[m] for m in columns)]
+    ctl, cert = r.get("control"), r["certified"]
+    head, rows = table5_rows(r, run.paper)
     parts += [
         f"<h3>Table 5 — test accuracy ({t5['atim']['n']} test images)</h3>",
-        table([*head, f"paper ATIM ({p['title']})"], rows),
+        table(head, rows),
         "<p class='note'>Transferred AdvTrojan: trigger first, then PGD crafted on the separately trained "
         "vanilla model (App. G.1); not applicable to the vanilla model itself. BadNets reference: clean "
         f"accuracy {_fmt(r['badnets_reference']['clean_acc'])}, attack success rate "
@@ -1343,4 +1351,5 @@ __all__ = [
     "load_advtrojan_config",
     "renyi_radius",
     "run_advtrojan",
+    "table5_rows",
 ]
