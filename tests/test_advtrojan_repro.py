@@ -88,6 +88,10 @@ def test_advtrojan_tiny_end_to_end(tmp_path, one_thread):
                    "Fig. 8", "Fig. 9", "Eq. 10", "99.07 %", "expected lower", "Madry-Adv continued"):  # fmt: skip
         assert needle in report, needle
     assert res["report"] == str(out / "report.html")
+    # each figure also as a PNG, one folder per run
+    assert sorted(p.name for p in (out / "plots" / "mnist5k-tiny").glob("*.png")) == [
+        "appendix_g.png", "fig4.png", "fig6.png", "nc.png", "roc.png"
+    ]  # fmt: skip
     assert json.loads((out / "results.json").read_text())["runs"]["mnist5k tiny"]["table5"]["atim"]["n"] == 12
     assert "| A5 |" in (out / "claims.md").read_text()
 

@@ -75,6 +75,7 @@ def test_tiny_end_to_end_and_cache(tmp_path: Path) -> None:
     for title in ("Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "Table 8", "Fig. 2", "H5"):
         assert title in page
     assert page.count("data:image/png;base64") == 3  # Fig. 2, Fig. 3 and the loss curve of the one pair
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == ["fig2_0.png", "fig3_0.png", "loss_0.png"]
     assert [c["id"] for c in res["claims"]] == ["H1", "H2", "H3", "H4", "H5"]
     assert all(c["status"] in ("PASS", "FAIL", "not measured") for c in res["claims"])
     assert "| H3 |" in (out / "claims.md").read_text()

@@ -51,6 +51,11 @@ def test_turner2019_tiny_end_to_end(tmp_path):
         assert needle in report
     claims = (tmp_path / "reproductions" / "turner-tiny" / "claims.md").read_text()
     assert "| T1 |" in claims
+    # each figure is also a PNG file beside the report
+    plots = tmp_path / "reproductions" / "turner-tiny" / "plots"
+    names = {p.name for p in plots.glob("*.png")}
+    assert {"fig2_left.png", "fig5_pgd.png", "fig10.png", "fig11_four.png", "fig12.png"} <= names
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in plots.glob("*.png"))
     # one robust model and one GAN per class pair were trained and cached for the whole sweep
     cache = tmp_path / "cache"
     assert len(list((cache / "robust").iterdir())) == 1

@@ -11,6 +11,7 @@ import html
 import io
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -20,6 +21,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from backdoorlab.experiments.store import RunRecord
+from backdoorlab.fileio import write_atomic
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -31,11 +33,16 @@ pre{background:#f7f7f7;padding:.8rem;overflow:auto;font-size:.85rem}
 """
 
 
-def figure_png(fig: plt.Figure) -> str:
-    """A matplotlib figure as an ``<img>`` tag with embedded PNG; closes the figure."""
+def figure_png(fig: plt.Figure, save_to: str | Path | None = None) -> str:
+    """A matplotlib figure as an ``<img>`` tag with embedded PNG; closes the figure.
+
+    ``save_to``: also write the same PNG there (atomically), for readers who want the plot as a file.
+    """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+    if save_to is not None:
+        write_atomic(save_to, buf.getvalue())
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 

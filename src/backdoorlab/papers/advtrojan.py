@@ -35,11 +35,12 @@ import copy
 import html
 import json
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -75,6 +76,9 @@ from backdoorlab.models import load_model, save_model
 from backdoorlab.papers.claims import claims_table
 from backdoorlab.papers.stages import Stages
 from backdoorlab.training import TrainRecipe, fit, resolve_device
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 from backdoorlab.triggers import make_trigger
 
 PaperColumn = Literal["mnist", "fashion-mnist", "cifar10"]
@@ -951,7 +955,7 @@ def claims_markdown(res: dict[str, Any], cfg: AdvTrojanConfig) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # figures
 # ---------------------------------------------------------------------------------------------------------
-def _fig4(r: dict[str, Any], title: str) -> str:
+def _fig4(r: dict[str, Any], title: str) -> plt.Figure:
     import matplotlib.pyplot as plt
 
     t5 = r["table5"]
@@ -978,10 +982,10 @@ def _fig4(r: dict[str, Any], title: str) -> str:
     ax2.set_title("Table 5, all three models", fontsize=9)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    return figure_png(fig)
+    return fig
 
 
-def _appendix_g_fig(sw: dict[str, Any]) -> str:
+def _appendix_g_fig(sw: dict[str, Any]) -> plt.Figure:
     """Figs. 7, 8, 9 and App. G.1's transfer as four panels of one figure (accuracy of the ATIM)."""
     import matplotlib.pyplot as plt
 
@@ -1010,10 +1014,10 @@ def _appendix_g_fig(sw: dict[str, Any]) -> str:
     axes[3].set_ylim(0, 100)
     axes[3].set_title("App. G.1 — AdvTrojan by perturbation source", fontsize=9)
     fig.tight_layout()
-    return figure_png(fig)
+    return fig
 
 
-def _nc_fig(r: dict[str, Any]) -> str:
+def _nc_fig(r: dict[str, Any]) -> plt.Figure:
     import matplotlib.pyplot as plt
 
     panels = {
@@ -1032,10 +1036,10 @@ def _nc_fig(r: dict[str, Any]) -> str:
         ax.set_title(title, fontsize=8)
     axes[0].set_ylabel("anomaly index (red: flagged)")
     fig.tight_layout()
-    return figure_png(fig)
+    return fig
 
 
-def _roc_fig(r: dict[str, Any]) -> str:
+def _roc_fig(r: dict[str, Any]) -> plt.Figure:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.4, 4))
@@ -1051,24 +1055,26 @@ def _roc_fig(r: dict[str, Any]) -> str:
     ax.set_title("STRIP / E-STRIP ROC (Tables 3–4)", fontsize=9)
     ax.legend(fontsize=6.5, loc="lower right")
     fig.tight_layout()
-    return figure_png(fig)
+    return fig
 
 
-def _fig6(r: dict[str, Any], title: str) -> str:
+def _fig6(r: dict[str, Any], title: str) -> plt.Figure:
     from backdoorlab.analysis.features import plot_feature_shift
 
-    return figure_png(plot_feature_shift(r["_feature_shift"], title=f"Fig. 6 — {title}"))
+    return plot_feature_shift(r["_feature_shift"], title=f"Fig. 6 — {title}")
 
 
-def _figures(r: dict[str, Any], title: str) -> dict[str, str]:
+def _figures(r: dict[str, Any], title: str, plots: Path | None = None) -> dict[str, str]:
+    """The run's figures as embedded <img>s, and as ``plots/<key>.png`` when ``plots`` is given."""
     sw = r["sweeps"]
-    return {
+    figs = {
         "fig4": _fig4(r, title),
         "appendix_g": _appendix_g_fig(sw),
         "nc": _nc_fig(r),
         "roc": _roc_fig(r),
         "fig6": _fig6(r, title),
     }  # fmt: skip
+    return {k: figure_png(f, None if plots is None else plots / f"{k}.png") for k, f in figs.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1320,7 +1326,8 @@ def run_advtrojan(
             f"{run.model.name}",
             "notes": data_notes(run, len(train)),
         }
-        figures[run.label] = _figures(r, run.label)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", run.label).strip("-") or "run"
+        figures[run.label] = _figures(r, run.label, ws.root / "reproductions" / cfg.name / "plots" / slug)
         r.pop("_feature_shift")
         claims = evaluate_claims(r, cfg.eval)
         r["claims"] = claims

@@ -1367,7 +1367,7 @@ def _run(
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "results.json", json.dumps(res, indent=1))
     write_atomic(out / "claims.md", claims_markdown(res["claims"], cfg, res))
-    rendered = _render_figures(res, figures, ctx)
+    rendered = _render_figures(res, figures, ctx, out / "plots")
     res["report"] = str(write_atomic(out / "report.html", render_saha2020_report(res, rendered, cfg)))
     return res
 
@@ -1622,11 +1622,18 @@ def claims_markdown(
 # ---------------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------------
-def _render_figures(res: dict[str, Any], figures: list[dict[str, Any]], ctx: _Context) -> dict[str, str]:
+def _render_figures(
+    res: dict[str, Any], figures: list[dict[str, Any]], ctx: _Context, plots: Path | None = None
+) -> dict[str, str]:
+    """Figs. 2–3 and the loss curves per pair as embedded <img>s, and as ``plots/<key>.png`` when given."""
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
     out: dict[str, str] = {}
+
+    def png(key: str) -> Path | None:
+        return None if plots is None else plots / f"{key}.png"
+
     names = ctx.train.classes
     for i, (fig_data, pr) in enumerate(zip(figures, res["pairs"])):
         s, t = pr["source"], pr["target"]
@@ -1638,10 +1645,12 @@ def _render_figures(res: dict[str, Any], figures: list[dict[str, Any]], ctx: _Co
                     "after attack (poisoned classifier)",
                 ],
                 max_points=ctx.cfg.plot_points,
-            )
+            ),
+            png(f"fig2_{i}"),
         )
         out[f"fig3_{i}"] = figure_png(
-            image_grid(fig_data["examples"], ["target", "source", "patched source", "poison"], ncols=4)
+            image_grid(fig_data["examples"], ["target", "source", "patched source", "poison"], ncols=4),
+            png(f"fig3_{i}"),
         )
         fig = Figure(figsize=(5.0, 3.0))
         ax = fig.subplots()
@@ -1654,7 +1663,7 @@ def _render_figures(res: dict[str, Any], figures: list[dict[str, Any]], ctx: _Co
         if len(pr["loss_history"]) <= 6:
             ax.legend(fontsize=7)
         fig.tight_layout()
-        out[f"loss_{i}"] = figure_png(fig)
+        out[f"loss_{i}"] = figure_png(fig, png(f"loss_{i}"))
     plt.close("all")
     return out
 

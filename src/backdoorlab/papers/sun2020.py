@@ -1445,8 +1445,7 @@ def _figures(
     cfg = ctx.cfg
 
     def keep(key: str, fig: plt.Figure) -> None:
-        fig.savefig(plots / f"{key}.png", dpi=110, bbox_inches="tight")
-        out[key] = figure_png(fig)
+        out[key] = figure_png(fig, plots / f"{key}.png")
 
     # Fig. 6
     f6 = visuals["fig6"]

@@ -27,7 +27,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +51,9 @@ from backdoorlab.fileio import write_atomic
 from backdoorlab.papers.claims import claims_table
 from backdoorlab.papers.stages import Stages
 from backdoorlab.training import TrainRecipe
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 
 class Turner2019Config(BaseModel):
@@ -281,9 +284,9 @@ def run_turner2019(
     res["claims"] = evaluate_claims(res, cfg)
     res["seconds"] = time.time() - t0
     stage("write report")
-    figures = _figures(res, cfg, examples)
     out = ws.root / "reproductions" / cfg.name
     out.mkdir(parents=True, exist_ok=True)
+    figures = _figures(res, cfg, examples, out / "plots")
     write_atomic(out / "results.json", json.dumps(res, indent=1))
     write_atomic(out / "claims.md", claims_markdown(res["claims"], cfg))
     res["report"] = str(write_atomic(out / "report.html", render_turner2019_report(res, figures, cfg)))
@@ -495,7 +498,9 @@ def claims_markdown(claims: list[dict[str, Any]], cfg: Turner2019Config) -> str:
 
 
 # -- figures and report ----------------------------------------------------------------------------------
-def _plot(res: dict[str, Any], cfg: Turner2019Config, lines: dict[str, tuple[str, int]], title: str) -> str:
+def _plot(
+    res: dict[str, Any], cfg: Turner2019Config, lines: dict[str, tuple[str, int]], title: str
+) -> plt.Figure:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
@@ -510,10 +515,10 @@ def _plot(res: dict[str, Any], cfg: Turner2019Config, lines: dict[str, tuple[str
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    return figure_png(fig)
+    return fig
 
 
-def _filter_plot(res: dict[str, Any]) -> str:
+def _filter_plot(res: dict[str, Any]) -> plt.Figure:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
@@ -526,10 +531,13 @@ def _filter_plot(res: dict[str, Any]) -> str:
     ax.set_title("Data sanitisation (Fig. 2 left)", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return figure_png(fig)
+    return fig
 
 
-def _figures(res: dict[str, Any], cfg: Turner2019Config, examples: dict[str, torch.Tensor]) -> dict[str, str]:
+def _figures(
+    res: dict[str, Any], cfg: Turner2019Config, examples: dict[str, torch.Tensor], plots: Path | None = None
+) -> dict[str, str]:
+    """Every figure as an embedded <img>, and as ``plots/<key>.png`` when ``plots`` is given."""
     main = cfg.main_class
     every = tuple(dict.fromkeys((main, *cfg.classes)))
     amp = f"amplitude {cfg.main_amplitude:g}"
@@ -599,14 +607,11 @@ def _figures(res: dict[str, Any], cfg: Turner2019Config, examples: dict[str, tor
         ),
     }
     if examples:
-        import matplotlib.pyplot as plt
-
         labels = list(examples)
         grid = torch.stack([examples[k] for k in labels])
         fig = image_grid(grid, [k.replace(", augmented", "") for k in labels], ncols=min(6, len(labels)))
-        figs["examples"] = figure_png(fig)
-        plt.close("all")
-    return figs
+        figs["examples"] = fig
+    return {k: figure_png(f, None if plots is None else plots / f"{k}.png") for k, f in figs.items()}
 
 
 _PAPER_NOTES = {
