@@ -68,6 +68,7 @@ Progress = Callable[[int, int, dict], None]
 
 PAPER_EPS = 60.0  # the paper's large ε on 3×224×224 (Figs. 2, 7, 8); ε = 20 shows patterns less clearly
 DEFAULT_SIGMA = 0.5
+DEFAULT_M = 16  # SmoothAdv's noise draws per image, the paper's (A.2; Salman et al.)
 DENOISER_DEFAULTS: dict[str, Any] = {
     "depth": 7,  # the paper's DnCNN has 17 layers of 64 channels; this one trains in about a minute on a CPU
     "width": 32,
@@ -381,7 +382,7 @@ def audit(
     classes: Sequence[int | str] | None = None,
     sigma: float = DEFAULT_SIGMA,
     eps: float | None = None,
-    m: int = 8,
+    m: int = DEFAULT_M,
     steps: int = 100,
     n_images: int = 10,
     n_eval: int = 50,
@@ -845,6 +846,7 @@ def run_audit_cli(
 
 
 __all__ = [
+    "DEFAULT_M",
     "DENOISER_DEFAULTS",
     "PAPER_EPS",
     "QUICK",

@@ -33,6 +33,7 @@ from torch import nn
 
 from backdoorlab.audit.alt_triggers import Candidate, default_patch_size, measure, propose
 from backdoorlab.audit.pipeline import (
+    DEFAULT_M,
     DEFAULT_SIGMA,
     PAPER_EPS,
     check_model_for_data,
@@ -68,7 +69,7 @@ def defaults(shape: tuple[int, int, int]) -> dict[str, Any]:
         "eps": default_eps(shape),
         "sigma": DEFAULT_SIGMA,
         "steps": 100,
-        "m": 8,
+        "m": DEFAULT_M,
         "n_images": 10,
         "n_eval": 50,
         "patch_size": default_patch_size(shape[1:]),
