@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+
+from backdoorlab.fileio import temp_dir
 
 T = TypeVar("T")
 
@@ -73,7 +74,7 @@ class ArtifactCache:
                 self.hits += 1
                 return final, True
             self.misses += 1
-            tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=final.parent))
+            tmp = temp_dir(final.parent, f".{key[:12]}.")
             try:
                 write(tmp)
                 try:

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from backdoorlab.experiments.auxiliary import resolve_attack_params
 from backdoorlab.experiments.cache import ArtifactCache
 from backdoorlab.experiments.config import ExperimentConfig, stable_hash
 from backdoorlab.experiments.store import RunRecord, RunStore
-from backdoorlab.fileio import write_atomic
+from backdoorlab.fileio import temp_dir, write_atomic
 from backdoorlab.metrics import (
     ASR_CONVENTION,
     attack_success_rate,
@@ -427,7 +426,7 @@ def run_experiment(
     # the run folder is written under a temporary name and renamed: never half-visible
     run_dir = ws.run_dir(run_id)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=run_dir.parent))
+    tmp = temp_dir(run_dir.parent, f".{run_id}.")
     try:
         examples = _examples(test, poisoned, attack, victim, config.report_samples, config.seed)
         if examples:
