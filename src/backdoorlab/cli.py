@@ -301,10 +301,13 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_models_inspect(args: argparse.Namespace) -> int:
     """Read a model file safely, print its card, and (with --data) check and score it on a dataset."""
-    from backdoorlab.data.registry import load_dataset
+    from backdoorlab.data.registry import load_dataset_from_flags
     from backdoorlab.metrics import accuracy
     from backdoorlab.models import check_input_shape, load_model
 
+    options = _data_options(args.data_root, args.data_option or [])
+    if options and not args.data:
+        raise BackdoorLabError("--data-root and --data-option describe a data set: give it with --data NAME")
     model, card = load_model(args.file)
     c, h, w = card.input_shape
     print(f"{args.file}: {card.name}, input {c}×{h}×{w}, {len(card.classes)} classes")
@@ -312,13 +315,37 @@ def cmd_models_inspect(args: argparse.Namespace) -> int:
     print(f"  sha256:  {card.sha256}")
     print(f"  parameters: {sum(p.numel() for p in model.parameters()):,}")
     if args.data:
-        _, test = load_dataset(args.data)
+        _, test = load_dataset_from_flags(args.data, options)
         check_input_shape(model, test.shape)
         if test.num_classes != len(card.classes):
             raise BackdoorLabError(
                 f"model has {len(card.classes)} classes, dataset {args.data!r} has {test.num_classes}"
             )
         print(f"  clean accuracy on {args.data} test split: {accuracy(model, test):.2%}")
+    return 0
+
+
+def cmd_models_import_alexnet(args: argparse.Namespace) -> int:
+    """Convert torchvision-layout AlexNet weights (safetensors) into a backdoorlab model file."""
+    from backdoorlab.models import import_torchvision_alexnet, load_model
+
+    classes = None
+    if args.classes_file:
+        path = Path(args.classes_file)
+        try:
+            classes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BackdoorLabError(
+                f"--classes-file: cannot read {path} ({exc.__class__.__name__}); give a UTF-8 text file with "
+                "one class name per line"
+            ) from None
+    out = import_torchvision_alexnet(args.src, args.out, classes=classes, input_size=args.input_size)
+    _, card = load_model(out)
+    c, h, w = card.input_shape
+    shown = ", ".join(card.classes[:5]) + (", …" if len(card.classes) > 5 else "")
+    print(f"wrote {out}: {card.name}, input {c}×{h}×{w} in [0, 1] (ImageNet normalisation inside)")
+    print(f"  classes: {len(card.classes)} ({shown})")
+    print(f"  sha256:  {card.sha256}")
     return 0
 
 
@@ -349,7 +376,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_data_options(root: str | None, items: Sequence[str]) -> dict[str, Any]:
+def _data_options(root: str | None, items: Sequence[str]) -> dict[str, Any]:
     """The data loader's options from ``--data-root`` and ``--data-option KEY=VALUE`` (values read as YAML:
     ``size=32`` is an int). Only the paths given here are ever read."""
     import yaml
@@ -372,7 +399,7 @@ def _audit_data_options(root: str | None, items: Sequence[str]) -> dict[str, Any
 def cmd_audit(args: argparse.Namespace) -> int:
     from backdoorlab.audit.pipeline import run_audit_cli
 
-    options = _audit_data_options(args.data_root, args.data_option or [])
+    options = _data_options(args.data_root, args.data_option or [])
     bars = _Bars()
     try:
         out = run_audit_cli(
@@ -399,6 +426,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(json.loads(out.with_suffix(".json").read_text())["verdict"]["reason"])
     print(f"report: {out}")
     return 0
+
+
+def _add_data_flags(sp: argparse.ArgumentParser) -> None:
+    """``--data-root`` and ``--data-option``: where a ``--data NAME`` data set lives and its loader's options."""
+    sp.add_argument(
+        "--data-root",
+        metavar="PATH",
+        help="the data set's folder: the files of cifar10 / mnist / fashion-mnist, or for `folder` your images "
+        "as PATH/<class>/* (split by test_fraction) or PATH/train/<class>/* + PATH/test/<class>/*",
+    )
+    sp.add_argument(
+        "--data-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="another option of the data set's loader, e.g. size=32, channels=1, test_fraction=0.5 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -493,6 +536,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--data", help="also check its input shape against this dataset and report clean accuracy"
     )
+    _add_data_flags(sp)
+    sp = add(
+        "import-alexnet",
+        cmd_models_import_alexnet,
+        "convert torchvision's AlexNet weights (a state dict saved with safetensors) into a backdoorlab model file",
+        msub,
+    )
+    sp.add_argument(
+        "src", metavar="SRC", help="torchvision-layout AlexNet state dict (.safetensors; pickles are refused)"
+    )
+    sp.add_argument("out", metavar="OUT", help="the backdoorlab model file to write (.safetensors)")
+    sp.add_argument(
+        "--classes-file",
+        metavar="FILE",
+        help="class names, one per line, in output order (default: 0, 1, …, 999)",
+    )
+    sp.add_argument(
+        "--input-size",
+        type=int,
+        default=224,
+        metavar="N",
+        help="the N×N image size the model file declares (default 224, the paper recipes'; at least 63)",
+    )
     attacks = add("attacks", lambda a: (attacks.print_help(), 0)[1], "attacks and triggers")
     add(
         "list",
@@ -513,18 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the data set the model was trained on, or `folder` for your own clean images (its test split "
         "is audited; the train split trains the denoiser)",
     )
-    sp.add_argument(
-        "--data-root",
-        metavar="PATH",
-        help="the data set's folder: the files of cifar10 / mnist / fashion-mnist, or for `folder` your images "
-        "as PATH/<class>/* (split by test_fraction) or PATH/train/<class>/* + PATH/test/<class>/*",
-    )
-    sp.add_argument(
-        "--data-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="another option of the data set's loader, e.g. size=32, channels=1, test_fraction=0.5 (repeatable)",
-    )
+    _add_data_flags(sp)
     sp.add_argument(
         "--sigma",
         type=float,
@@ -547,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--steps", "SmoothAdv PGD steps (default 100, the paper's; --quick: 30)"),
         (
             "--m",
-            "noise draws per image in SmoothAdv (default 8; the paper's 16 costs twice as much; --quick: 4)",
+            "noise draws per image in SmoothAdv (default 16, the paper's; --quick: 4)",
         ),
     ):
         sp.add_argument(flag, type=int, metavar="N", help=what)

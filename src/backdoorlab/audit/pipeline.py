@@ -61,7 +61,7 @@ from backdoorlab.audit.visualize import DEFAULT_WEIGHT, visualize
 from backdoorlab.data.tensors import ImageTensors, make_generator
 from backdoorlab.defenses.base import Verdict
 from backdoorlab.defenses.smoothing import check_sigma
-from backdoorlab.errors import BackdoorLabError, UnsafeFileError, unknown_name
+from backdoorlab.errors import BackdoorLabError, unknown_name
 from backdoorlab.models.dncnn import DnCNN
 
 Progress = Callable[[int, int, dict], None]
@@ -676,22 +676,6 @@ def _flag(flag: str, check: Callable[..., Any], *args: Any, **kwargs: Any) -> An
         raise BackdoorLabError(f"{flag}: {exc}") from None
 
 
-def _load_cli_data(data_name: str, options: dict[str, Any]) -> tuple[ImageTensors, ImageTensors]:
-    """``load_dataset(data_name, **options)``; a loader that needs a folder it was not given says which flag
-    gives it (``--data-root``). Only paths in ``options`` are read."""
-    from backdoorlab.data import registry
-
-    try:
-        return registry.load_dataset(data_name, **options)
-    except UnsafeFileError:
-        raise
-    except BackdoorLabError as exc:
-        takes_root = "root" in inspect.signature(registry.dataset_info(data_name).loader).parameters
-        if "root" in options or not takes_root:
-            raise
-        raise BackdoorLabError(f"{exc} (give the folder with --data-root PATH)") from None
-
-
 def read_reference(path: str | Path) -> torch.Tensor:
     """The best success rate toward each class (a C-vector in [0, 1]) from the JSON summary of an earlier
     audit (``success_percent``, written by :func:`run_audit_cli`): one known-clean model's part of the
@@ -752,6 +736,7 @@ def run_audit_cli(
     :class:`BackdoorLabError` that names the flag (``--sigma: sigma must be …``).
     """
     from backdoorlab.audit.report import render_audit_report
+    from backdoorlab.data.registry import load_dataset_from_flags
     from backdoorlab.fileio import write_atomic
     from backdoorlab.models import load_model
 
@@ -787,7 +772,7 @@ def run_audit_cli(
     model_path = Path(model_path)
     model, card = load_model(model_path)
     options = dict(data_options or {})
-    train, test = _load_cli_data(data_name, options)
+    train, test = load_dataset_from_flags(data_name, options)
     if len(card.classes) != test.num_classes:
         raise BackdoorLabError(
             f"model {model_path.name} has {len(card.classes)} classes, data set {data_name!r} has {test.num_classes}; "

@@ -10,9 +10,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from backdoorlab.data.tensors import ImageTensors
-from backdoorlab.errors import BackdoorLabError, unknown_name
+from backdoorlab.errors import BackdoorLabError, UnsafeFileError, unknown_name
 
 Loader = Callable[..., tuple[ImageTensors, ImageTensors]]
 
@@ -69,3 +70,17 @@ def load_dataset(name: str, **options) -> tuple[ImageTensors, ImageTensors]:
             f"dataset {name!r} takes no option {unknown[0]!r}; its options are: {', '.join(params) or 'none'}"
         )
     return info.loader(**options)
+
+
+def load_dataset_from_flags(name: str, options: dict[str, Any]) -> tuple[ImageTensors, ImageTensors]:
+    """:func:`load_dataset` for the command line: a loader that needs a folder it was not given says which flag
+    gives it (``--data-root PATH``). Only paths in ``options`` are read."""
+    try:
+        return load_dataset(name, **options)
+    except UnsafeFileError:
+        raise
+    except BackdoorLabError as exc:
+        takes_root = "root" in inspect.signature(dataset_info(name).loader).parameters
+        if "root" in options or not takes_root:
+            raise
+        raise BackdoorLabError(f"{exc} (give the folder with --data-root PATH)") from None

@@ -5,6 +5,7 @@ layer; ``features(x)`` gives the penultimate features, and the class attributes 
 ``last_conv_layer`` and ``head_layer`` name modules to hook.
 """
 
+from backdoorlab.models.convert import import_torchvision_alexnet
 from backdoorlab.models.dncnn import DnCNN
 from backdoorlab.models.io import (
     ModelCard,
@@ -42,6 +43,7 @@ __all__ = [
     "WGANGenerator",
     "check_input_shape",
     "create_model",
+    "import_torchvision_alexnet",
     "input_shape",
     "interpolate",
     "invert",

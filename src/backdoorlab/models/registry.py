@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from backdoorlab.errors import BackdoorLabError, unknown_name
+from backdoorlab.models.alexnet import AlexNet
 from backdoorlab.models.alexnet_small import AlexNetSmall
 from backdoorlab.models.lenet import LeNet
 from backdoorlab.models.normalize import Stats, resolve_stats
@@ -83,6 +84,13 @@ _REGISTRY: dict[str, ModelInfo] = {
             "4 convs (64, 192, 384, 256; first 5×5 stride 1) + fc 512 + fc classes, no dropout",
             "Saha et al. 2020, Hidden Trigger Backdoor Attacks, §4.4",
             AlexNetSmall,
+        ),
+        ModelInfo(
+            "alexnet",
+            "ImageNet AlexNet (5 convs + fc6/fc7/fc8, dropout), the paper-scale victim of Saha et al. and "
+            "Sun et al.",
+            "Krizhevsky et al. 2012, one-GPU layout; Saha et al. 2020 §4.1, Sun et al. 2020 App. A.1",
+            AlexNet,
         ),
     )
 }
