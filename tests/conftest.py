@@ -14,6 +14,16 @@ def _threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_thread(_threads):
+    """Tiny tensors: one intra-op thread (on a busy 2-core machine two OpenMP threads make each op far slower).
+
+    Modules of tiny-network tests use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(2)
+
+
 @pytest.fixture(scope="session")
 def mnist5k():
     from backdoorlab.data.registry import load_dataset

@@ -25,12 +25,7 @@ from backdoorlab.audit.alt_triggers import (
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.triggers import Trigger, stamp
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(_threads):
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MAGENTA = torch.tensor([1.0, 0.0, 1.0])

@@ -23,11 +23,7 @@ MAGENTA = torch.tensor([1.0, 0.0, 1.0])
 FAST = {"sigma": 0.1, "eps": 2.0, "m": 4, "steps": 20, "n_images": 6, "n_eval": 60, "reps": 3, "n_null": 12}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_threads):
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_rgb(n: int, seed: int, hw: int = 12) -> ImageTensors:

@@ -17,13 +17,7 @@ from backdoorlab.models.io import load_state_dict_file
 CLASSES = [str(i) for i in range(10)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny CPU convolutions run faster (and steadier on a shared machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Marker:

@@ -13,13 +13,7 @@ NAMES = [info.name for info in list_models()]
 SMALL_NAMES = [n for n in NAMES if n != "alexnet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny CPU convolutions run faster (and steadier on a shared machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_lists_every_architecture() -> None:

@@ -21,13 +21,7 @@ from backdoorlab.models import create_model
 from backdoorlab.models.dncnn import DnCNN
 from tests.conftest import tiny_net
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(_threads):
-    """Tiny tensors: one intra-op thread (on a busy 2-core machine, 2 OpenMP threads make each op ~50× slower)."""
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Constant(torch.nn.Module):

@@ -39,11 +39,7 @@ from backdoorlab.triggers import blended, random_color_patch, square
 TRIG = TriggerConfig(kind="random-color", params={"size": 3, "seed": 0, "placement": "random"})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_threads):
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**over) -> Sun2020Config:

@@ -126,9 +126,7 @@ def wait_job(client: TestClient, job_id: str, timeout: float = 60.0) -> dict:
     raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

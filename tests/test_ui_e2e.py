@@ -48,11 +48,8 @@ pytest.importorskip("fastapi")
 
 from backdoorlab.ui.app import start_server  # noqa: E402
 
-
 # -- fixtures --------------------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # ~10× faster than two threads on a busy 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

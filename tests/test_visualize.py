@@ -18,13 +18,7 @@ from backdoorlab.audit.visualize import (
 from backdoorlab.errors import BackdoorLabError
 from tests.conftest import tiny_net
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(_threads):
-    """Tiny tensors: one intra-op thread (2 OpenMP threads are far slower on a busy 2-core machine)."""
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(n: int = 6):

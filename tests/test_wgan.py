@@ -20,14 +20,7 @@ from backdoorlab.models.wgan import (
     train_wgan_gp,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these networks are tiny: on a shared 2-core machine one thread is several times faster than two
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_generator(seed: int = 0, **kw) -> WGANGenerator:
