@@ -71,7 +71,14 @@ from torch import nn
 
 from backdoorlab.audit.alt_triggers import Candidate, measure, propose
 from backdoorlab.audit.denoiser import load_denoiser, save_denoiser, train_denoiser
-from backdoorlab.audit.pipeline import DENOISER_DEFAULTS, PAPER_EPS, AuditResult, audit, select_images
+from backdoorlab.audit.pipeline import (
+    DEFAULT_M,
+    DENOISER_DEFAULTS,
+    PAPER_EPS,
+    AuditResult,
+    audit,
+    select_images,
+)
 from backdoorlab.audit.smoothadv import PAPER_PIXELS, scale_eps, smoothadv, smoothing_adv
 from backdoorlab.audit.visualize import (
     DEEP_DREAM_M,
@@ -176,7 +183,7 @@ class AuditSettings(_Strict):
     ``eps_paper`` (ε on 3×224×224, scaled to the image size)."""
 
     sigma: float = Field(0.5, gt=0, description="§4: 1.0 with the ImageNet denoiser")
-    m: int = Field(8, ge=1, description="App. A.2: 16 noise draws")
+    m: int = Field(DEFAULT_M, ge=1, description="App. A.2: 16 noise draws")
     steps: int = Field(100, ge=1, description="App. A.2: 100 PGD steps")
     n_images: int = Field(10, ge=1)
     n_eval: int = Field(50, ge=1, description="held-out images the triggers are measured on")
