@@ -122,6 +122,33 @@ def test_evaluate_on_a_backdoored_model():
     assert max(res["trojaned_entropy"]) < min(res["clean_entropy"])
 
 
+class DtypeProbe(torch.nn.Module):
+    """A small MLP that records the dtype its hidden layer computes in (bfloat16 under CPU autocast)."""
+
+    def __init__(self, d: int = 16, k: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = torch.nn.Linear(d, 32), torch.nn.Linear(32, k)
+        self.seen: set[torch.dtype] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x.flatten(1))
+        self.seen.add(h.dtype)
+        return self.fc2(h.relu())
+
+
+def test_bf16_runs_the_model_under_autocast_and_keeps_the_decisions():
+    data, x = _images(200, 0), _images(40, 5).float01()
+    fp32 = STRIP(n=10, draw="random").fit(DtypeProbe(), data)
+    model = DtypeProbe()
+    bf16 = STRIP(n=10, draw="random", bf16=True).fit(model, data)
+    assert model.seen == {torch.bfloat16} and fp32.model.seen == {torch.float32}
+    h32, h16 = fp32.entropy(x), bf16.entropy(x)
+    assert h16.dtype == torch.float64 and not torch.equal(h32, h16)  # bf16 rounding shows …
+    assert torch.allclose(h32, h16, atol=0.05)  # … but only in the second decimal of the bits
+    assert bf16.describe()["bf16"] is True
+
+
 def test_roc_and_auroc_by_hand():
     fpr, tpr = roc_curve(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0]))
     assert auroc(fpr, tpr) == 1.0
@@ -168,6 +195,7 @@ def test_estrip_attaches_the_trigger():
         ({"frr": 1.0}, "frr .* strictly between 0 and 1"),
         ({"blend": "max"}, "unknown STRIP blend"),
         ({"draw": "all"}, "unknown STRIP draw"),
+        ({"bf16": "yes"}, "bf16 must be True or False"),
     ],
 )
 def test_bad_settings_are_named_errors(kw, match):
