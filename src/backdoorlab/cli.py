@@ -428,6 +428,41 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_denoiser_train(args: argparse.Namespace) -> int:
+    """Train a DnCNN denoiser for ``audit --denoiser`` (the paper's 17×64 by default)."""
+    from backdoorlab.audit.pipeline import train_denoiser_cli
+
+    options = _data_options(args.data_root, args.data_option or [])
+    bars = _Bars()
+    try:
+        info = train_denoiser_cli(
+            args.data,
+            args.out,
+            data_options=options,
+            sigma=args.sigma,
+            depth=args.depth,
+            width=args.width,
+            epochs=args.epochs,
+            max_images=args.max_images,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+    print(
+        f"wrote {info['path']}: DnCNN {info['depth']}×{info['width']}, σ {info['sigma']:g}, "
+        f"{info['images']} images × {info['epochs']} epoch(s)"
+    )
+    print(
+        f"  test split ({info['test_images']} images): MSE {info['mse_noisy']:.4f} noisy → "
+        f"{info['mse_denoised']:.4f} denoised (PSNR {info['psnr_noisy']:.1f} → {info['psnr_denoised']:.1f} dB)"
+    )
+    print(f"  use it: backdoorlab audit MODEL --data {args.data} --denoiser {info['path']}")
+    return 0
+
+
 def _add_data_flags(sp: argparse.ArgumentParser) -> None:
     """``--data-root`` and ``--data-option``: where a ``--data NAME`` data set lives and its loader's options."""
     sp.add_argument(
@@ -566,6 +601,36 @@ def build_parser() -> argparse.ArgumentParser:
         "list attacks and trigger kinds",
         attacks.add_subparsers(dest="a_command", metavar="SUBCOMMAND"),
     )
+
+    den = add("denoiser", lambda a: (den.print_help(), 0)[1], "denoisers for the audit (Sun et al. App. A.2)")
+    dsub = den.add_subparsers(dest="d_command", metavar="SUBCOMMAND")
+    sp = add(
+        "train",
+        cmd_denoiser_train,
+        "train a DnCNN to remove Gaussian noise from a data set's images and save it for `audit --denoiser`",
+        dsub,
+    )
+    sp.add_argument("--data", required=True, help="the data set (its train split; the test split is scored)")
+    _add_data_flags(sp)
+    sp.add_argument("--out", required=True, metavar="FILE", help="the denoiser file to write (.safetensors)")
+    sp.add_argument("--sigma", type=float, default=0.5, help="the noise σ on [0, 1] pixels (default 0.5)")
+    sp.add_argument(
+        "--depth", type=int, default=17, metavar="N", help="conv layers (default 17, the paper's)"
+    )
+    sp.add_argument("--width", type=int, default=64, metavar="N", help="channels (default 64, the paper's)")
+    sp.add_argument(
+        "--epochs", type=int, metavar="N", help="passes over the images (default: enough to see 4,000 images)"
+    )
+    sp.add_argument(
+        "--max-images",
+        type=int,
+        default=4000,
+        metavar="N",
+        help="a seeded subset of at most N training images",
+    )
+    sp.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per step (default 64)")
+    sp.add_argument("--seed", type=int, default=0, help="initialisation, image subset and noise")
+    sp.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, …")
 
     sp = add(
         "audit",

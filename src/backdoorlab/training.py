@@ -71,7 +71,8 @@ class Callback(Protocol):
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is passed to ``torch.device`` and must
+    be present (asking for ``cuda`` on a machine without one is a named error, not a crash mid-run)."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -79,11 +80,19 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as exc:
         raise BackdoorLabError(
             f"device {device!r} is not valid ({exc}); use auto, cpu, cuda or mps"
         ) from None
+    mps = getattr(torch.backends, "mps", None)
+    if (dev.type == "cuda" and not torch.cuda.is_available()) or (
+        dev.type == "mps" and (mps is None or not mps.is_available())
+    ):
+        raise BackdoorLabError(
+            f"device {device!r} is not available on this machine (this PyTorch sees no such GPU); use auto or cpu"
+        )
+    return dev
 
 
 def cross_entropy(
