@@ -162,5 +162,8 @@ def test_registry() -> None:
     assert isinstance(b, Blended) and b.sources == (1, 2)
     with pytest.raises(BackdoorLabError, match="unknown attack 'trojannn'"):
         make_attack("trojannn")
+    # an attack that exists but needs what a config cannot give says how to build it instead
+    with pytest.raises(BackdoorLabError, match=r"'hidden-trigger' is built in Python.*HiddenTrigger\(model"):
+        make_attack("hidden-trigger", target=1)
     with pytest.raises(BackdoorLabError, match="'ratio'"):
         make_attack("badnets", ratio=0.1)

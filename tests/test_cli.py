@@ -82,7 +82,8 @@ def test_lists(capsys):
     assert main(["models", "list"]) == 0
     assert "lenet" in capsys.readouterr().out
     assert main(["attacks", "list"]) == 0
-    assert "badnets" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "badnets" in listed and "in Python only: hidden-trigger" in listed
     assert main(["reproduce", "list"]) == 0
     assert "badnets" in capsys.readouterr().out
 

@@ -351,9 +351,12 @@ def cmd_models_import_alexnet(args: argparse.Namespace) -> int:
 
 def cmd_attacks_list(args: argparse.Namespace) -> int:
     from backdoorlab.attacks import list_attacks
+    from backdoorlab.attacks.registry import PYTHON_ONLY
     from backdoorlab.triggers import list_triggers
 
     print("attacks: " + ", ".join(list_attacks()))
+    for name, how in PYTHON_ONLY.items():
+        print(f"in Python only: {name} — {how}")
     print("triggers: " + ", ".join(list_triggers()))
     return 0
 

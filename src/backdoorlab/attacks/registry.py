@@ -16,6 +16,15 @@ _ATTACKS: dict[str, type] = {"badnets": BadNets, "blended": Blended, "clean-labe
 _TRAINING_ATTACKS: dict[str, type] = {"advtrojan": AdvTrojan}
 # Li et al. §4.2 enhanced variants: "<base>+" wraps the base attack in random flip + random ShrinkPad
 _ENHANCED_PARAMS = ("max_shrink", "flip", "transform_benign")
+# attacks built in Python only: what they need cannot come from an experiment config (yet)
+PYTHON_ONLY: dict[str, str] = {
+    "hidden-trigger": (
+        "backdoorlab.attacks.HiddenTrigger(model, layer, trigger, source, target, count): Saha et al.'s poisons are "
+        "made against the attacker's pretrained feature extractor and hit a victim that fine-tunes that network "
+        "(backdoorlab.transfer.finetune), neither of which an experiment config describes; "
+        "`backdoorlab reproduce saha2020` runs the whole protocol"
+    ),
+}
 
 
 def list_attacks() -> list[str]:
@@ -32,8 +41,14 @@ def attack_parameters(name: str) -> list[str]:
     """The keyword parameters attack ``name`` accepts (the enhanced variants: their base's)."""
     cls = {**_ATTACKS, **_TRAINING_ATTACKS}.get(name.removesuffix("+"))
     if cls is None:
-        raise unknown_name("attack", name, list_attacks())
+        raise _unknown(name)
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def _unknown(name: str) -> BackdoorLabError:
+    if name in PYTHON_ONLY:
+        return BackdoorLabError(f"attack {name!r} is built in Python, not by name: {PYTHON_ONLY[name]}")
+    return unknown_name("attack", name, list_attacks())
 
 
 def make_attack(name: str, **params: Any) -> Any:
@@ -47,7 +62,7 @@ def make_attack(name: str, **params: Any) -> Any:
         enhance = {k: params.pop(k) for k in _ENHANCED_PARAMS if k in params}
         return Enhanced(make_attack(name[:-1], **params), **enhance)
     if name not in _ATTACKS and name not in _TRAINING_ATTACKS:
-        raise unknown_name("attack", name, list_attacks())
+        raise _unknown(name)
     cls = _ATTACKS.get(name) or _TRAINING_ATTACKS[name]
     valid = attack_parameters(name)
     for key in params:
