@@ -345,8 +345,9 @@ def _asr(res: dict[str, Any], label: str, target: int, rate: float) -> float:
 
 
 def _measured(res: dict[str, Any], label: str, target: int, rates: Sequence[float]) -> list[float]:
-    """The rates of ``rates`` at which ``label`` was run on ``target`` (GAN variants may skip some)."""
-    done = res["asr"][label][str(target)]
+    """The rates of ``rates`` at which ``label`` was run on ``target`` (GAN variants may skip some rates, and
+    classes: ``benchmarks/turner2019_classes.py`` adds classes without GAN victims)."""
+    done = res["asr"].get(label, {}).get(str(target), {})
     return [r for r in rates if str(r) in done]
 
 
@@ -498,9 +499,10 @@ def claims_markdown(claims: list[dict[str, Any]], cfg: Turner2019Config) -> str:
 
 
 # -- figures and report ----------------------------------------------------------------------------------
-def _plot(
+def asr_figure(
     res: dict[str, Any], cfg: Turner2019Config, lines: dict[str, tuple[str, int]], title: str
 ) -> plt.Figure:
+    """ASR against the poisoning percentage (log axis), one line per ``name: (variant label, target class)``."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
@@ -544,14 +546,14 @@ def _figures(
     by_class = lambda label: {f"class {c}": (label, c) for c in every}  # noqa: E731
     figs = {
         "fig2_left": _filter_plot(res),
-        "fig2_right": _plot(res, cfg, by_class("baseline"), "All classes — baseline (Fig. 2 right)"),
-        "fig5_gan": _plot(
+        "fig2_right": asr_figure(res, cfg, by_class("baseline"), "All classes — baseline (Fig. 2 right)"),
+        "fig5_gan": asr_figure(
             res,
             cfg,
             {f"τ = {t:g}": (f"GAN τ={t:g}", main) for t in cfg.taus},
             f"Class {main} — GAN interpolation",
         ),
-        "fig5_pgd": _plot(
+        "fig5_pgd": asr_figure(
             res,
             cfg,
             {
@@ -560,16 +562,16 @@ def _figures(
             },
             f"Class {main} — adversarial perturbations",
         ),
-        "fig6_gan": _plot(
+        "fig6_gan": asr_figure(
             res, cfg, by_class(f"GAN τ={cfg.main_tau:g}"), f"All classes — GAN τ = {cfg.main_tau:g}"
         ),
-        "fig6_pgd": _plot(
+        "fig6_pgd": asr_figure(
             res,
             cfg,
             by_class(f"PGD L2 ε={cfg.main_l2_eps:g}"),
             f"All classes — PGD L2 ε = {cfg.main_l2_eps:g}",
         ),
-        "fig8_main": _plot(
+        "fig8_main": asr_figure(
             res,
             cfg,
             {
@@ -578,8 +580,8 @@ def _figures(
             },
             f"Class {main} — trigger amplitude",
         ),
-        "fig8_all": _plot(res, cfg, by_class(amp), f"All classes — amplitude {cfg.main_amplitude:g}"),
-        "fig10": _plot(
+        "fig8_all": asr_figure(res, cfg, by_class(amp), f"All classes — amplitude {cfg.main_amplitude:g}"),
+        "fig10": asr_figure(
             res,
             cfg,
             {
@@ -590,13 +592,13 @@ def _figures(
             },
             f"Class {main} — data augmentation",
         ),
-        "fig11_one": _plot(
+        "fig11_one": asr_figure(
             res, cfg, by_class(f"one-corner {amp}, augmented"), "All classes — one corner, augmented"
         ),
-        "fig11_four": _plot(
+        "fig11_four": asr_figure(
             res, cfg, by_class(f"four-corner {amp}, augmented"), "All classes — four corners, augmented"
         ),
-        "fig12": _plot(
+        "fig12": asr_figure(
             res,
             cfg,
             {
