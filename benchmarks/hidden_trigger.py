@@ -12,6 +12,7 @@ loss). Rows:
 - ``backdoorlab resample=False`` — ART's protocol: one patched source batch kept for every iteration;
 - ``backdoorlab bf16`` — the first row with ``bf16=True`` (the feature extractor under bfloat16 autocast;
   ``--bf16``);
+- ``ART, bf16`` — with ``--bf16``, ART's ``poison`` call under the same bfloat16 autocast (like for like);
 - ``ART`` — ``HiddenTriggerBackdoorPyTorch`` with ``poison_percent`` = 1 of exactly K target images (ART's
   ``poison_percent`` is a fraction of the target class in the data given to it), the model wrapped as an
   ``nn.Sequential`` of its top-level modules (ART names layers only for ``nn.Sequential`` children).
@@ -188,7 +189,9 @@ def run_ours(
     return z, res.seconds, float(res.final_losses.mean())
 
 
-def run_art(setup: Setup, iterations: int) -> tuple[torch.Tensor, float, float]:
+def run_art(setup: Setup, iterations: int, bf16: bool = False) -> tuple[torch.Tensor, float, float]:
+    """ART's attack on the same setup; ``bf16`` runs its whole ``poison`` call under bfloat16 autocast (the
+    like-for-like row for ``backdoorlab bf16``)."""
     from art.attacks.poisoning import HiddenTriggerBackdoor
     from art.attacks.poisoning.backdoor_attack import PoisoningAttackBackdoor
     from art.estimators.classification import PyTorchClassifier
@@ -243,7 +246,10 @@ def run_art(setup: Setup, iterations: int) -> tuple[torch.Tensor, float, float]:
     import contextlib
     import io
 
-    with contextlib.redirect_stdout(io.StringIO()):  # ART prints its loss
+    with (
+        contextlib.redirect_stdout(io.StringIO()),  # ART prints its loss
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+    ):
         poisons, idx = attack.poison(x, y)
     seconds = time.perf_counter() - t0
     z_all = torch.from_numpy(poisons).float()
@@ -327,12 +333,14 @@ def main() -> None:
         methods["backdoorlab (resample=True, bf16=True)"] = lambda: run_ours(
             setup, args.iterations, True, True
         )
+        methods["ART, its poison call under bf16 autocast"] = lambda: run_art(setup, args.iterations, True)
     warm = {  # one-time costs (oneDNN kernels, ART's hooks) before anything is timed
         "ours": lambda: run_ours(setup, 2, True, False),
         "art": lambda: run_art(setup, 2),
     }
     if args.bf16:
         warm["bf16"] = lambda: run_ours(setup, 2, True, True)
+        warm["art bf16"] = lambda: run_art(setup, 2, True)
     for fn in warm.values():
         fn()
     times: dict[str, list[float]] = {m: [] for m in methods}
