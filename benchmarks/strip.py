@@ -171,18 +171,30 @@ def main() -> None:
     m = len(clean)
 
     def measure(n: int) -> dict:
+        def fitted_art(net: torch.nn.Module):
+            """ART's STRIP fitted on the validation set; its seeded predictions on clean and triggered inputs,
+            and the FRR / FAR they give."""
+            clf = art_strip(net, n, args.frr)
+            np.random.seed(args.seed)
+            clf.mitigate(val_np)
+
+            def predict_both() -> tuple[np.ndarray, np.ndarray]:
+                out = []
+                for x, seed in ((clean_np, args.seed + 1), (troj_np, args.seed + 2)):
+                    np.random.seed(seed)
+                    out.append(clf.predict(x))
+                return out[0], out[1]
+
+            pred_c, pred_t = predict_both()
+            return (
+                clf,
+                predict_both,
+                float((np.abs(pred_c).sum(1) == 0).mean()),
+                float((np.abs(pred_t).sum(1) != 0).mean()),
+            )
+
         # ART: fit on the validation set, then predict on clean and triggered inputs (seeded np.random)
-        art_clf = art_strip(model, n, args.frr)
-        np.random.seed(args.seed)
-        art_clf.mitigate(val_np)
-
-        def art_predict(x: np.ndarray, seed: int) -> np.ndarray:
-            np.random.seed(seed)
-            return art_clf.predict(x)
-
-        pred_c, pred_t = art_predict(clean_np, args.seed + 1), art_predict(troj_np, args.seed + 2)
-        art_frr = float((np.abs(pred_c).sum(1) == 0).mean())
-        art_far = float((np.abs(pred_t).sum(1) != 0).mean())
+        art_clf, art_run, art_frr, art_far = fitted_art(model)
 
         # ours, ART's definition with ART's own draws replayed: must give the same entropies and threshold
         idx_val = replay_art_draws(args.seed, len(val), n, len(val))
@@ -197,17 +209,7 @@ def main() -> None:
         art_auroc = auroc(*roc_curve(-h_c, -h_t))
 
         # ART with its model under bf16 autocast: the same cheaper forward that STRIP(bf16=True) uses
-        art_bf = art_strip(Bf16(model), n, args.frr)
-        np.random.seed(args.seed)
-        art_bf.mitigate(val_np)
-
-        def art_bf_predict(x: np.ndarray, seed: int) -> np.ndarray:
-            np.random.seed(seed)
-            return art_bf.predict(x)
-
-        bf_c, bf_t = art_bf_predict(clean_np, args.seed + 1), art_bf_predict(troj_np, args.seed + 2)
-        art_bf_frr = float((np.abs(bf_c).sum(1) == 0).mean())
-        art_bf_far = float((np.abs(bf_t).sum(1) != 0).mean())
+        _, art_bf_run, art_bf_frr, art_bf_far = fitted_art(Bf16(model))
 
         # ours, Gao's definition: ART's overlay protocol, and the paper's
         held = test.subset(perm[: args.val].sort().values)
@@ -233,7 +235,7 @@ def main() -> None:
 
         times = best_of(
             {
-                "art": lambda: (art_predict(clean_np, args.seed + 1), art_predict(troj_np, args.seed + 2)),
+                "art": art_run,
                 "replay": lambda: (
                     art_entropy_batched(model, clean, val, idx_c, bs),
                     art_entropy_batched(model, troj, val, idx_t, bs),
@@ -242,10 +244,7 @@ def main() -> None:
                 "ours_art": lambda: ours_art.entropy(both),
                 "ours_gao": lambda: ours_gao.entropy(both),
                 "ours_bf16": lambda: ours_bf16.entropy(both),
-                "art_bf16": lambda: (
-                    art_bf_predict(clean_np, args.seed + 1),
-                    art_bf_predict(troj_np, args.seed + 2),
-                ),
+                "art_bf16": art_bf_run,
             },
             args.repeats,
         )

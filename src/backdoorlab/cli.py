@@ -52,6 +52,15 @@ class _Bars:
             self.bar = None
 
 
+def _with_bars(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, progress=<progress bars>, **kwargs)``, closing the bars however it ends."""
+    bars = _Bars()
+    try:
+        return fn(*args, progress=bars, **kwargs)
+    finally:
+        bars.close()
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     import yaml
 
@@ -100,11 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from backdoorlab.experiments.runner import run_experiment
 
     config = parse_config(_apply_overrides(read_yaml(args.config), args.set or []))
-    bars = _Bars()
-    try:
-        result = run_experiment(config, _home(args), progress=bars)
-    finally:
-        bars.close()
+    result = _with_bars(run_experiment, config, _home(args))
     _print_run_summary(result)
     return 0
 
@@ -368,13 +373,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for r in list_reproductions():
             print(f"{r.name:<14}{r.status:<10}{r.description}")
         return 0
-    bars = _Bars()
-    try:
-        out = reproduce(
-            args.name, args.scale, _home(args), progress=bars, recipe=args.recipe, workers=args.workers
-        )
-    finally:
-        bars.close()
+    out = _with_bars(reproduce, args.name, args.scale, _home(args), recipe=args.recipe, workers=args.workers)
     print(f"report: {out}")
     return 0
 
@@ -403,29 +402,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from backdoorlab.audit.pipeline import run_audit_cli
 
     options = _data_options(args.data_root, args.data_option or [])
-    bars = _Bars()
-    try:
-        out = run_audit_cli(
-            args.model,
-            args.data,
-            args.classes,
-            Path(args.out) if args.out else _home(args) / "audits",
-            _home(args),
-            seed=args.seed,
-            quick=args.quick,
-            progress=bars,
-            data_options=options,
-            sigma=args.sigma,
-            eps=args.eps,
-            denoiser=args.denoiser,
-            n_images=args.n_images,
-            n_eval=args.n_eval,
-            steps=args.steps,
-            m=args.m,
-            reference=args.reference or (),
-        )
-    finally:
-        bars.close()
+    out = _with_bars(
+        run_audit_cli,
+        args.model,
+        args.data,
+        args.classes,
+        Path(args.out) if args.out else _home(args) / "audits",
+        _home(args),
+        seed=args.seed,
+        quick=args.quick,
+        data_options=options,
+        sigma=args.sigma,
+        eps=args.eps,
+        denoiser=args.denoiser,
+        n_images=args.n_images,
+        n_eval=args.n_eval,
+        steps=args.steps,
+        m=args.m,
+        reference=args.reference or (),
+    )
     print(json.loads(out.with_suffix(".json").read_text())["verdict"]["reason"])
     print(f"report: {out}")
     return 0
@@ -436,24 +431,20 @@ def cmd_denoiser_train(args: argparse.Namespace) -> int:
     from backdoorlab.audit.pipeline import train_denoiser_cli
 
     options = _data_options(args.data_root, args.data_option or [])
-    bars = _Bars()
-    try:
-        info = train_denoiser_cli(
-            args.data,
-            args.out,
-            data_options=options,
-            sigma=args.sigma,
-            depth=args.depth,
-            width=args.width,
-            epochs=args.epochs,
-            max_images=args.max_images,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-            progress=bars,
-        )
-    finally:
-        bars.close()
+    info = _with_bars(
+        train_denoiser_cli,
+        args.data,
+        args.out,
+        data_options=options,
+        sigma=args.sigma,
+        depth=args.depth,
+        width=args.width,
+        epochs=args.epochs,
+        max_images=args.max_images,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
     print(
         f"wrote {info['path']}: DnCNN {info['depth']}×{info['width']}, σ {info['sigma']:g}, "
         f"{info['images']} images × {info['epochs']} epoch(s)"
