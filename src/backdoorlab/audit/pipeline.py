@@ -725,7 +725,9 @@ def train_denoiser_cli(
     seed = _flag("--seed", _check_int, seed, "seed", "random seed", low=0)
     out = Path(out).expanduser()
     if out.suffix != ".safetensors":
-        raise BackdoorLabError(f"--out: {out.name} must end in .safetensors (denoisers are saved as safetensors)")
+        raise BackdoorLabError(
+            f"--out: {out.name} must end in .safetensors (denoisers are saved as safetensors)"
+        )
     train, test = load_dataset_from_flags(data_name, dict(data_options or {}))
     dev = resolve_device(device)
     settings = {"depth": depth, "width": width, "max_images": max_images, "batch_size": batch_size}
