@@ -209,7 +209,8 @@ def save_denoiser(model: DnCNN, path: str | os.PathLike, *, extra: dict | None =
 
 
 def load_denoiser(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> DnCNN:
-    """Load a file written by :func:`save_denoiser` (eval mode, ``.sigma`` and ``.extra`` restored).
+    """Load a file written by :func:`save_denoiser` (eval mode, ``.sigma`` and ``.extra`` restored, ``.source``
+    the path it came from).
 
     Pickle / ``torch.save`` checkpoints, corrupt files, a missing or foreign header (e.g. a classifier file)
     and weights whose sha256 differs from the header are refused with :class:`UnsafeFileError`.
@@ -242,6 +243,7 @@ def load_denoiser(path: str | os.PathLike, *, map_location: str | torch.device =
     sigma = header.get("sigma")
     model.sigma = None if sigma is None else float(sigma)
     model.extra = dict(header.get("extra") or {})
+    model.source = str(path)
     return model.to(map_location).eval()
 
 

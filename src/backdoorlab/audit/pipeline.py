@@ -75,6 +75,7 @@ Progress = Callable[[int, int, dict], None]
 PAPER_EPS = 60.0  # the paper's large ε on 3×224×224 (Figs. 2, 7, 8); ε = 20 shows patterns less clearly
 DEFAULT_SIGMA = 0.5
 DEFAULT_M = 16  # SmoothAdv's noise draws per image, the paper's (A.2; Salman et al.)
+PAPER_DENOISER = {"depth": 17, "width": 64}  # Salman et al.'s DnCNN, as Sun et al. App. A.2
 DENOISER_DEFAULTS: dict[str, Any] = {
     "depth": 7,  # the paper's DnCNN has 17 layers of 64 channels; this one trains in about a minute on a CPU
     "width": 32,
@@ -310,11 +311,11 @@ def denoiser_for(
     """The denoiser to use and a description of where it came from (given, file, cache, trained, none)."""
     if denoiser is False:
         return None, {"source": "none (smoothing without a denoiser)"}
-    if isinstance(denoiser, nn.Module):
-        return denoiser.to(device).eval(), {"source": "given", "sigma": getattr(denoiser, "sigma", None)}
     if isinstance(denoiser, (str, Path)):
-        d = load_denoiser(denoiser, map_location=device)
-        return d, {"source": str(denoiser), "sigma": d.sigma}
+        denoiser = load_denoiser(denoiser, map_location=device)
+    if isinstance(denoiser, nn.Module):  # a loaded file names itself (``.source``)
+        info = {"source": getattr(denoiser, "source", "given"), "sigma": getattr(denoiser, "sigma", None)}
+        return denoiser.to(device).eval(), info
     if denoiser is not None and denoiser is not True:
         raise BackdoorLabError(
             f"denoiser must be a DnCNN, a denoiser file, None (train one, cached in the workspace) or False "
@@ -682,9 +683,6 @@ def _flag(flag: str, check: Callable[..., Any], *args: Any, **kwargs: Any) -> An
         raise BackdoorLabError(f"{flag}: {exc}") from None
 
 
-PAPER_DENOISER = {"depth": 17, "width": 64}  # Salman et al.'s DnCNN, as Sun et al. App. A.2
-
-
 def train_denoiser_cli(
     data_name: str,
     out: str | Path,
@@ -881,7 +879,7 @@ def run_audit_cli(
         model,
         test,
         classes=classes,
-        denoiser=den_path,
+        denoiser=den,  # loaded and checked above: not read again
         denoiser_data=train,
         reference=refs or None,
         seed=seed,
