@@ -33,11 +33,6 @@ def _name(result: AuditResult, i: int | None) -> str:
     return f"{i} ({result.classes[i]})" if 0 <= i < len(result.classes) else str(i)
 
 
-def _fmt_score(score: float) -> str:
-    """A verdict score (``−log10 p`` ≥ 0) with two decimals, never "-0.00"."""
-    return f"{max(0.0, float(score)):.2f}"
-
-
 def _short(result: AuditResult, i: int) -> str:
     return str(result.classes[i])[:10] if 0 <= i < len(result.classes) else str(i)
 
@@ -312,7 +307,7 @@ def render_audit_report(result: AuditResult, title: str | None = None) -> str:
                     _name(result, v.target),
                 ],
                 ["flagged classes", flagged],
-                ["score (−log10 adjusted p)", _fmt_score(v.score)],
+                ["score (−log10 adjusted p)", f"{v.score:.2f}"],  # ≥ 0: verdict._score
                 ["adjusted p-value", f"{v.p_value:.3g}"],
                 ["z (logit scale, vs random patches)", f"{v.z:.2f}"],
                 ["best alternative trigger's success", f"{v.best_rate:.1%}"],
