@@ -617,7 +617,8 @@ class _Context:
             probe = build_model(ExperimentConfig(seed=cfg.seed, model=cfg.model, attack=None), self.train)
             check_layer_fields(probe, cfg)
         self.model, self.pretrain_info = _feature_extractor(self)
-        check_layer_fields(self.model, cfg)  # a pretrained: model file's layers
+        if cfg.pretrained is not None:  # a model file's layers (the architecture's were checked above)
+            check_layer_fields(self.model, cfg)
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
