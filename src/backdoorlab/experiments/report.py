@@ -46,6 +46,11 @@ def figure_png(fig: plt.Figure, save_to: str | Path | None = None) -> str:
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
+def embed_figures(figs: dict[str, plt.Figure], plots: str | Path | None = None) -> dict[str, str]:
+    """Each figure as an ``<img>`` tag (:func:`figure_png`), and as ``plots/<key>.png`` when ``plots`` is given."""
+    return {k: figure_png(f, None if plots is None else Path(plots) / f"{k}.png") for k, f in figs.items()}
+
+
 def html_page(title: str, body: str) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

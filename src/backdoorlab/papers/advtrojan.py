@@ -68,7 +68,7 @@ from backdoorlab.experiments.config import (
     load_config_model,
     stable_hash,
 )
-from backdoorlab.experiments.report import figure_png, report_page, table
+from backdoorlab.experiments.report import embed_figures, report_page, table
 from backdoorlab.experiments.runner import StageProgress, Workspace, build_model, load_data
 from backdoorlab.fileio import write_atomic
 from backdoorlab.metrics import attack_success_rate, predict_logits
@@ -76,10 +76,10 @@ from backdoorlab.models import load_model, save_model
 from backdoorlab.papers.claims import claims_table
 from backdoorlab.papers.stages import Stages
 from backdoorlab.training import TrainRecipe, fit, resolve_device
+from backdoorlab.triggers import make_trigger
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
-from backdoorlab.triggers import make_trigger
 
 PaperColumn = Literal["mnist", "fashion-mnist", "cifar10"]
 MODELS = ("vanilla", "robust", "atim")
@@ -1074,7 +1074,7 @@ def _figures(r: dict[str, Any], title: str, plots: Path | None = None) -> dict[s
         "roc": _roc_fig(r),
         "fig6": _fig6(r, title),
     }  # fmt: skip
-    return {k: figure_png(f, None if plots is None else plots / f"{k}.png") for k, f in figs.items()}
+    return embed_figures(figs, plots)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ from backdoorlab.experiments.config import (
     load_config_model,
     stable_hash,
 )
-from backdoorlab.experiments.report import figure_png, image_grid, report_page, table
+from backdoorlab.experiments.report import embed_figures, image_grid, report_page, table
 from backdoorlab.experiments.runner import StageProgress, Workspace, build_model
 from backdoorlab.fileio import write_atomic
 from backdoorlab.metrics import predict_logits
@@ -1630,28 +1630,20 @@ def _render_figures(
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
-    out: dict[str, str] = {}
-
-    def png(key: str) -> Path | None:
-        return None if plots is None else plots / f"{key}.png"
-
+    figs: dict[str, Figure] = {}
     names = ctx.train.classes
     for i, (fig_data, pr) in enumerate(zip(figures, res["pairs"])):
         s, t = pr["source"], pr["target"]
-        out[f"fig2_{i}"] = figure_png(
-            plot_feature_planes(
-                fig_data["planes"],
-                [
-                    f"before attack (clean classifier): {names[s]} → {names[t]}",
-                    "after attack (poisoned classifier)",
-                ],
-                max_points=ctx.cfg.plot_points,
-            ),
-            png(f"fig2_{i}"),
+        figs[f"fig2_{i}"] = plot_feature_planes(
+            fig_data["planes"],
+            [
+                f"before attack (clean classifier): {names[s]} → {names[t]}",
+                "after attack (poisoned classifier)",
+            ],
+            max_points=ctx.cfg.plot_points,
         )
-        out[f"fig3_{i}"] = figure_png(
-            image_grid(fig_data["examples"], ["target", "source", "patched source", "poison"], ncols=4),
-            png(f"fig3_{i}"),
+        figs[f"fig3_{i}"] = image_grid(
+            fig_data["examples"], ["target", "source", "patched source", "poison"], ncols=4
         )
         fig = Figure(figsize=(5.0, 3.0))
         ax = fig.subplots()
@@ -1664,7 +1656,8 @@ def _render_figures(
         if len(pr["loss_history"]) <= 6:
             ax.legend(fontsize=7)
         fig.tight_layout()
-        out[f"loss_{i}"] = figure_png(fig, png(f"loss_{i}"))
+        figs[f"loss_{i}"] = fig
+    out = embed_figures(figs, plots)
     plt.close("all")
     return out
 

@@ -45,7 +45,7 @@ from backdoorlab.experiments.config import (
     TriggerConfig,
     load_config_model,
 )
-from backdoorlab.experiments.report import figure_png, image_grid, report_page, table
+from backdoorlab.experiments.report import embed_figures, image_grid, report_page, table
 from backdoorlab.experiments.runner import StageProgress, Workspace, load_data, run_experiment
 from backdoorlab.fileio import write_atomic
 from backdoorlab.papers.claims import claims_table
@@ -613,7 +613,7 @@ def _figures(
         grid = torch.stack([examples[k] for k in labels])
         fig = image_grid(grid, [k.replace(", augmented", "") for k in labels], ncols=min(6, len(labels)))
         figs["examples"] = fig
-    return {k: figure_png(f, None if plots is None else plots / f"{k}.png") for k, f in figs.items()}
+    return embed_figures(figs, plots)
 
 
 _PAPER_NOTES = {
