@@ -431,19 +431,18 @@ def cmd_denoiser_train(args: argparse.Namespace) -> int:
     from backdoorlab.audit.pipeline import train_denoiser_cli
 
     options = _data_options(args.data_root, args.data_option or [])
+    names = ("sigma", "depth", "width", "epochs", "max_images", "batch_size")
+    given = {
+        k: getattr(args, k) for k in names if getattr(args, k) is not None
+    }  # else the function's defaults
     info = _with_bars(
         train_denoiser_cli,
         args.data,
         args.out,
         data_options=options,
-        sigma=args.sigma,
-        depth=args.depth,
-        width=args.width,
-        epochs=args.epochs,
-        max_images=args.max_images,
-        batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
+        **given,
     )
     print(
         f"wrote {info['path']}: DnCNN {info['depth']}×{info['width']}, σ {info['sigma']:g}, "
@@ -607,22 +606,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=True, help="the data set (its train split; the test split is scored)")
     _add_data_flags(sp)
     sp.add_argument("--out", required=True, metavar="FILE", help="the denoiser file to write (.safetensors)")
-    sp.add_argument("--sigma", type=float, default=0.5, help="the noise σ on [0, 1] pixels (default 0.5)")
-    sp.add_argument(
-        "--depth", type=int, default=17, metavar="N", help="conv layers (default 17, the paper's)"
-    )
-    sp.add_argument("--width", type=int, default=64, metavar="N", help="channels (default 64, the paper's)")
+    sp.add_argument("--sigma", type=float, help="the noise σ on [0, 1] pixels (default 0.5)")
+    sp.add_argument("--depth", type=int, metavar="N", help="conv layers (default 17, the paper's)")
+    sp.add_argument("--width", type=int, metavar="N", help="channels (default 64, the paper's)")
     sp.add_argument(
         "--epochs", type=int, metavar="N", help="passes over the images (default: enough to see 4,000 images)"
     )
     sp.add_argument(
         "--max-images",
         type=int,
-        default=4000,
         metavar="N",
-        help="a seeded subset of at most N training images",
+        help="a seeded subset of at most N training images (default 4,000)",
     )
-    sp.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per step (default 64)")
+    sp.add_argument("--batch-size", type=int, metavar="N", help="images per step (default 64)")
     sp.add_argument("--seed", type=int, default=0, help="initialisation, image subset and noise")
     sp.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, …")
 
