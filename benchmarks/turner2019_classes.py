@@ -88,18 +88,7 @@ def main() -> None:
     every = [cfg.main_class, *extra]
     minutes = (time.time() - t0) / 60
 
-    names = [
-        "T-shirt/top",
-        "trouser",
-        "pullover",
-        "dress",
-        "coat",
-        "sandal",
-        "shirt",
-        "sneaker",
-        "bag",
-        "boot",
-    ]
+    names = records[0].metrics["classes"]  # the data set's class names, as every run stores them
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = [
         "# Turner et al. — the per-class figures on more target classes",
