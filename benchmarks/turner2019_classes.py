@@ -95,7 +95,8 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/turner2019_classes.py --home {args.home} --n-classes {args.n_classes} "
         f"--seed {args.seed} --workers {args.workers}` after `benchmarks/turner2019.py` in the same workspace "
-        f"(its class-4 victims and robust model come from the cache). {len(jobs)} new victims, "
+        f"(its class-4 victims and robust model come from the cache). {len(jobs)} victims (trained, or from the "
+        "cache when run again), "
         f"**{minutes:.1f} min** on the shared 2-core machine.",
         "",
         f"Classes: {cfg.main_class} ({names[cfg.main_class]}, the reproduction's) and "
